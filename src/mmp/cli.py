@@ -1,0 +1,214 @@
+"""The ``mmp`` command line. Imports stay lazy so that ``mmp --help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mmp")
+
+_QUIET_LOGGERS = ("alembic", "mlflow", "urllib3", "git", "numexpr", "matplotlib", "shap")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "[mmp] %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.*")
+
+
+def _guarded(action: Callable[[], Any], verbose: bool) -> int:
+    """Run an action; turn failures into one line on stderr and an exit code."""
+    from mmp.errors import MmpError
+
+    try:
+        action()
+    except MmpError as exc:
+        if verbose:
+            log.exception("failed")
+        print(f"mmp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mmp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if verbose:
+            log.exception("failed")
+        message = " ".join(str(exc).split())[:500]
+        print(
+            f"mmp: error: {type(exc).__name__}: {message} (run again with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _config_from(args: argparse.Namespace, *, from_params: bool = False) -> Any:
+    from mmp.config import load_config
+
+    return load_config(
+        args.overrides,
+        config_file=args.config,
+        recipe_file=args.recipe,
+        data_path=args.data,
+        from_params=from_params and not (args.overrides or args.config or args.recipe or args.data),
+    )
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from mmp.pipeline import run_prepare
+
+    result = run_prepare(_config_from(args))
+    print(f"prepare run: {result.run_id}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """The predecessor's ``mmp train``: prepare and train in one go."""
+    from mmp.models import check_model_name, check_params
+    from mmp.pipeline import run_prepare, run_train
+
+    config = _config_from(args)
+    check_params(check_model_name(config.recipe.model.name), config.recipe.model.params, config.seed)
+    run_prepare(config)
+    result = run_train(config)
+    _print_next_steps(config, result.run_id)
+
+
+def _print_next_steps(config: Any, run_id: str) -> None:
+    print(f"MLflow run id: {run_id}")
+    print("Next:")
+    print("  mlflow ui --port 5000                 # compare runs at http://127.0.0.1:5000")
+    print("  dvc exp run -S recipe=lgbm-tuned      # try another recipe as a DVC experiment")
+    print(f"  mmp serve-api --run-id {run_id}")
+
+
+def cmd_get_config(args: argparse.Namespace) -> None:
+    from mmp.config import compose, dump_yaml, project_root
+    from mmp.errors import ConfigError
+
+    root = project_root()
+    target = Path(args.output_dir) / f"{args.env_name}.yaml"
+    if not target.is_absolute():
+        target = Path.cwd() / target
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target} exists already; pass --force to overwrite it")
+    template = "remote" if args.remote else "local"
+    mlflow_section = compose(root, [f"mlflow={template}"])["mlflow"]
+    if args.tracking_uri:
+        mlflow_section["tracking_uri"] = args.tracking_uri
+    if args.experiment_name:
+        mlflow_section["experiment_name"] = args.experiment_name
+    header = (
+        f"# mmp environment '{args.env_name}'. Pass it with -c {target.relative_to(Path.cwd()) if target.is_relative_to(Path.cwd()) else target}.\n"
+        "# Any key of the composed config (see params.yaml) may be set here; it is merged on top.\n"
+        "# Credentials never go here: put MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in .env.\n"
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(header + dump_yaml({"mlflow": mlflow_section}), encoding="utf-8")
+    print(f"wrote {target}")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def cmd_compose(args: argparse.Namespace) -> None:
+    """Print (or write) the composed config: what `dvc exp run` would put in params.yaml."""
+    from mmp.config import compose, dump_yaml, project_root
+
+    text = dump_yaml(compose(project_root(), args.overrides))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="environment config merged on top (e.g. configs/dev.yaml)")
+    parser.add_argument("-r", "--recipe", metavar="FILE", help="recipe file (replaces the recipe group choice)")
+    parser.add_argument("-d", "--data", metavar="PATH", help="data file, CSV or Parquet (sets data.path)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, e.g. recipe=lgbm-tuned")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmp", description="Declarative ML pipelines for tabular data (Hydra recipes, DVC stages, MLflow)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    get_config = commands.add_parser("get-config", help="write an environment config (configs/<env>.yaml)")
+    get_config.add_argument("--env-name", default="dev", help="environment name (default: dev)")
+    get_config.add_argument("--output-dir", default="configs", help="folder to write to (default: configs)")
+    get_config.add_argument("--remote", action="store_true", help="start from the remote-server template")
+    get_config.add_argument("--tracking-uri", help="MLflow tracking URI to put in it")
+    get_config.add_argument("--experiment-name", help="MLflow experiment name to put in it")
+    get_config.add_argument("--force", action="store_true", help="overwrite an existing file")
+    get_config.set_defaults(func=cmd_get_config)
+
+    compose = commands.add_parser("compose", help="print the config composed from conf/ with overrides")
+    compose.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+    compose.add_argument("-o", "--output", metavar="FILE", help="write to FILE (e.g. params.yaml) instead")
+    compose.set_defaults(func=cmd_compose)
+
+    prepare = commands.add_parser("prepare", help="run the prepare stage (load, validate, split, fit preprocessing)")
+    _add_config_options(prepare)
+    prepare.set_defaults(func=cmd_prepare)
+
+    train = commands.add_parser("train", help="prepare and train: the whole pipeline outside DVC")
+    _add_config_options(train)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    _setup_logging(args.verbose)
+    return _guarded(lambda: args.func(args), args.verbose)
+
+
+def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``stages/<stage>.py``.
+
+    With no arguments it reads params.yaml (what ``dvc repro`` and ``dvc exp run`` run); with Hydra
+    overrides (``recipe=lgbm-tuned``) it composes conf/ with them instead.
+    """
+    parser = argparse.ArgumentParser(prog=f"stages/{stage}.py", description=f"The {stage} stage.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    verbose = args.verbose or os.environ.get("MMP_VERBOSE") == "1"
+    _setup_logging(verbose)
+
+    def action() -> None:
+        from mmp import pipeline
+        from mmp.config import load_config
+
+        config = load_config(args.overrides, from_params=not args.overrides)
+        getattr(pipeline, f"run_{stage}")(config)
+
+    return _guarded(action, verbose)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

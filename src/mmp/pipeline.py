@@ -1,0 +1,253 @@
+"""The stages: prepare and train. The DVC stage scripts, the CLI and sweeps all call these.
+
+Each stage checks its inputs before it starts an MLflow run, computes, writes its DVC outputs
+atomically, then mirrors everything to its MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mmp import data as data_lib
+from mmp import tracking
+from mmp.config import Config, dump_yaml
+from mmp.errors import ConfigError, DataError
+from mmp.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
+from mmp.models import FitResult, TrainedModel, build_and_fit, check_model_name, class_path, display_name, resolve_params
+from mmp.outputs import read_json, staged_dir, write_json_atomic
+from mmp.predictor import PREPROCESSING_FILE, Predictor
+from mmp.preprocessing import Preprocessor
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+CONFIG_ARTIFACT = "config.yaml"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    run_id: str
+    outputs: list[Path]
+    metrics: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def run_prepare(config: Config) -> StageResult:
+    """Load, validate and split the data; fit preprocessing on the train split."""
+    family = check_model_name(config.recipe.model.name)
+    data_cfg = config.data
+    data_path = config.resolve(data_cfg.path)
+    frame = data_lib.load(data_cfg, data_path)
+    cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
+    class_path(family, cleaned.task)  # the model must be able to do this task
+    parts = data_lib.split(cleaned.frame, data_cfg.target, cleaned.task, config.split, config.seed)
+    features = data_lib.feature_columns(cleaned.frame, data_cfg)
+    preprocessor = Preprocessor.fit(
+        parts["train"],
+        target=data_cfg.target,
+        task=cleaned.task,
+        classes=cleaned.classes,
+        id_columns=data_cfg.id_columns,
+        features=features,
+        categorical_columns=data_cfg.categorical_columns,
+        family=family,
+        settings=config.recipe.preprocessing,
+    )
+    digest = data_lib.file_digest(data_path)
+    rows = {name: part.height for name, part in parts.items()}
+    tags = {f"{tracking.TAG_PREFIX}task": cleaned.task, f"{tracking.TAG_PREFIX}data_digest": digest}
+    with tracking.stage_run(config, "prepare", tags=tags) as run:
+        manifest = {
+            "prepare_run_id": run.info.run_id,
+            "data": {"name": data_cfg.name, "path": str(data_cfg.path), "digest": digest},
+            "task": cleaned.task,
+            "target": data_cfg.target,
+            "classes": cleaned.classes,
+            "rows": rows,
+            "dropped_null_target": cleaned.dropped_null_target,
+            "features": features,
+        }
+        out_dir = config.resolve(config.paths.prepared_dir)
+        with staged_dir(out_dir) as scratch:
+            for name, part in parts.items():
+                part.write_parquet(scratch / f"{name}.parquet")
+            preprocessor.save(scratch / PREPROCESSING_FILE)
+            write_json_atomic(scratch / MANIFEST_FILE, manifest)
+        _mirror_prepare(config, out_dir, data_path, digest, cleaned.frame.head(5), rows, cleaned.dropped_null_target)
+    log.info("prepare: %s rows -> train %d / valid %d / test %d (%s)", cleaned.frame.height, *rows.values(), cleaned.task)
+    return StageResult(run.info.run_id, [out_dir], {f"rows_{k}": v for k, v in rows.items()})
+
+
+def _mirror_prepare(
+    config: Config, out_dir: Path, data_path: Path, digest: str, head: pl.DataFrame, rows: dict[str, int], dropped: int
+) -> None:
+    import mlflow
+
+    mlflow.log_metrics({**{f"rows_{k}": v for k, v in rows.items()}, "rows_dropped_null_target": dropped})
+    tracking.log_dataset(data_path, digest, config.data.name, "training", head.to_pandas())
+    mlflow.log_artifact(str(out_dir / PREPROCESSING_FILE))
+    mlflow.log_artifact(str(out_dir / MANIFEST_FILE))
+    mlflow.log_text(dump_yaml(config.as_dict()), CONFIG_ARTIFACT)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def load_prepared(config: Config) -> tuple[dict[str, Any], Preprocessor, dict[str, pl.DataFrame]]:
+    prepared = config.resolve(config.paths.prepared_dir)
+    manifest_path = prepared / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DataError(
+            f"No prepared data in {prepared}; run the prepare stage first (dvc repro, or mmp train to run both)"
+        )
+    manifest = read_json(manifest_path)
+    preprocessor = Preprocessor.load(prepared / PREPROCESSING_FILE)
+    splits = {name: pl.read_parquet(prepared / f"{name}.parquet") for name in data_lib.SPLITS}
+    return manifest, preprocessor, splits
+
+
+def evaluate(predictor: Predictor, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    if predictor.task == "regression":
+        return regression_metrics(y, predictor.model.predict_value(x))
+    return classification_metrics(y, predictor.model.predict_proba(x))
+
+
+def run_train(config: Config) -> StageResult:
+    """Fit the recipe's model on the train split, early-stop on valid, evaluate every split."""
+    family = check_model_name(config.recipe.model.name)
+    manifest, preprocessor, splits = load_prepared(config)
+    task = manifest["task"]
+    if config.recipe.task not in ("auto", task) and not (config.recipe.task == "multiclass" and task == "binary"):
+        raise ConfigError(
+            f"recipe.task is {config.recipe.task} but the prepared data is {task}; re-run prepare (dvc repro)"
+        )
+    params = resolve_params(family, task, config.recipe.model.params, config.seed)
+    model_class = display_name(class_path(family, task))
+    x = {name: preprocessor.transform(frame) for name, frame in splits.items()}
+    y = {name: preprocessor.encode_target(frame[preprocessor.target]) for name, frame in splits.items()}
+    tags = {
+        f"{tracking.TAG_PREFIX}task": task,
+        f"{tracking.TAG_PREFIX}model_class": model_class,
+        f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
+    }
+    with tracking.stage_run(config, "train", tags=tags) as run:
+        started = time.perf_counter()
+        fit = build_and_fit(
+            family,
+            task,
+            params,
+            x["train"],
+            y["train"],
+            x["valid"],
+            y["valid"],
+            preprocessor.categorical_indices,
+            config.recipe.model.early_stopping_rounds if family.early_stopping else None,
+        )
+        fit_seconds = time.perf_counter() - started
+        model = TrainedModel(family, task, fit.estimator, preprocessor.classes or [])
+        predictor = Predictor(preprocessor, model)
+        by_split = {name: evaluate(predictor, x[name], y[name]) for name in data_lib.SPLITS}
+        model_dir = config.resolve(config.paths.model_dir)
+        with staged_dir(model_dir) as scratch:
+            model.save(scratch)
+        metrics_file = config.resolve(config.paths.metrics_file)
+        write_json_atomic(metrics_file, by_split)
+        _mirror_train(config, run, predictor, fit, by_split, splits["test"], model_dir, metrics_file, manifest, fit_seconds)
+    primary = primary_metric(task, config.recipe.metrics.primary)
+    log.info(
+        "train: %s test %s=%.4f (run %s)", model_class, primary, by_split["test"].get(primary, float("nan")),
+        run.info.run_id,
+    )
+    return StageResult(run.info.run_id, [model_dir, metrics_file], by_split)
+
+
+def _mirror_train(
+    config: Config,
+    run: Any,
+    predictor: Predictor,
+    fit: FitResult,
+    by_split: dict[str, dict[str, float]],
+    test_frame: pl.DataFrame,
+    model_dir: Path,
+    metrics_file: Path,
+    manifest: dict[str, Any],
+    fit_seconds: float,
+) -> None:
+    import mlflow
+
+    mlflow.log_metrics({**flat_metrics(by_split), "fit_seconds": fit_seconds})
+    if fit.best_iteration is not None:
+        mlflow.log_metric("best_iteration", fit.best_iteration)
+    for split, values in fit.history.items():
+        # Per-iteration scores as step metrics: the UI draws them as learning curves.
+        name = f"{split}_curve_{_curve_metric(predictor.task)}"
+        _log_curve(name, values)
+    prepared = config.resolve(config.paths.prepared_dir)
+    data_path = config.resolve(config.data.path)
+    tracking.log_dataset(
+        data_path, manifest["data"]["digest"], config.data.name, "training", test_frame.head(5).to_pandas()
+    )
+    mlflow.log_artifact(str(prepared / PREPROCESSING_FILE))
+    mlflow.log_artifact(str(metrics_file))
+    mlflow.log_text(dump_yaml(config.as_dict()), CONFIG_ARTIFACT)
+    if prepare_run := manifest.get("prepare_run_id"):
+        mlflow.set_tag(
+            "mlflow.note.content",
+            f"Trained on data prepared by run [{prepare_run}](#/experiments/{run.info.experiment_id}/runs/{prepare_run}).",
+        )
+    log_pyfunc_model(predictor, test_frame, prepared / PREPROCESSING_FILE, model_dir)
+
+
+def _curve_metric(task: str) -> str:
+    return {"binary": "logloss", "multiclass": "mlogloss", "regression": "rmse"}[task]
+
+
+def _log_curve(name: str, values: list[float]) -> None:
+    import mlflow
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    client = mlflow.MlflowClient()
+    run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
+    metrics = [Metric(name, float(v), timestamp, step) for step, v in enumerate(values)]
+    for start in range(0, len(metrics), 1000):  # the tracking API takes at most 1000 per batch
+        client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
+
+
+def log_pyfunc_model(predictor: Predictor, sample: pl.DataFrame, preprocessing_file: Path, model_dir: Path) -> str:
+    """Log the model as an MLflow pyfunc taking raw rows; return its model URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from mmp import mlflow_model
+
+    rows = sample.select(predictor.preprocessor.input_columns).head(5)
+    output = predictor.predict(rows)
+    example = rows.to_pandas()
+    signature = infer_signature(example, np.asarray(output), params={"predict_method": "predict"})
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(mlflow_model.__file__).with_name("mlflow_model_code.py")),
+        artifacts={"preprocessing": str(preprocessing_file), "model": str(model_dir)},
+        signature=signature,
+        input_example=example,
+        pip_requirements=_pip_requirements(predictor),
+    )
+    return info.model_uri
+
+
+def _pip_requirements(predictor: Predictor) -> list[str]:
+    from importlib import metadata
+
+    packages = ["mlflow", "polars", "pyarrow", "pandas", "numpy", "scikit-learn", "skops"]
+    packages += {"xgboost": ["xgboost"], "lightgbm": ["lightgbm"]}.get(predictor.model.family.name, [])
+    return [f"{p}=={metadata.version(p)}" for p in packages]

@@ -1,0 +1,254 @@
+"""Mirroring stage runs to MLflow: the store, the experiment, runs, params, tags and lineage.
+
+Every stage run is one MLflow run. Runs are linked by tags (``mmp.prepare_run_id`` on a train run,
+``mmp.train_run_id`` on later stages) and, inside sweeps, by a parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mmp.config import Config, flatten, tracking_root
+from mmp.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+TAG_PREFIX = "mmp."
+KEY_PACKAGES = ("mlflow", "dvc", "hydra-core", "polars", "scikit-learn", "xgboost", "lightgbm", "shap", "numpy", "pandas")
+_MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(uri: str, root: Path) -> str:
+    """Make a relative local store path absolute against the project root.
+
+    ``sqlite:///mlflow.db`` -> ``sqlite:////<root>/mlflow.db``; ``file:mlruns`` or a bare path
+    likewise. Remote URIs are returned unchanged.
+    """
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(root / uri[len('sqlite:///'):]).resolve()}"
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        return (root / uri[len("file:"):].lstrip("/")).resolve().as_uri()
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        return (root / uri).resolve().as_uri()
+    return uri
+
+
+def load_dotenv(root: Path) -> None:
+    """Load ``.env`` from the project root into the environment (never overriding what is set)."""
+    env_file = root / ".env"
+    if env_file.is_file():
+        from dotenv import load_dotenv as _load
+
+        _load(env_file, override=False)
+
+
+def setup(config: Config) -> str:
+    """Point MLflow at the configured store and experiment; return the experiment id."""
+    store_root = tracking_root(config.root)
+    load_dotenv(store_root)
+    # Fail in seconds, not minutes, when a tracking server is unreachable.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
+    mlflow.set_tracking_uri(uri)
+    name = config.mlflow.experiment_name
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            artifact_location = None
+            if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
+                artifact_location = (store_root / config.mlflow.artifact_location / _safe(name)).resolve().as_uri()
+            try:
+                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+            except mlflow.exceptions.MlflowException:
+                # Another process (a parallel sweep job) created it first.
+                experiment = mlflow.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+                experiment_id = experiment.experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(_tracking_failure(uri, exc)) from None
+    return experiment_id
+
+
+def _tracking_failure(uri: str, exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if "401" in text or "Unauthorized" in text:
+        return f"MLflow at {uri} refused the credentials of user '{user}'; fix MLFLOW_TRACKING_PASSWORD in .env"
+    if "403" in text or "Permission" in text:
+        return f"User '{user}' may not write to the experiment at {uri}; ask an admin for EDIT permission"
+    if "Max retries" in text or "Connection" in text or "timed out" in text.lower():
+        return f"MLflow server {uri} is unreachable; start it or fix mlflow.tracking_uri"
+    return f"MLflow store {uri} failed: {text[:300]}"
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+# --------------------------------------------------------------------------- tags and params
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """Commit, branch and dirty flag of the project's git checkout (empty outside git)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    tags = {"mlflow.source.git.commit": commit}
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch:
+        tags["mlflow.source.git.branch"] = branch
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if status is not None:
+        tags[f"{TAG_PREFIX}git.dirty"] = str(bool(status)).lower()
+    return tags
+
+
+def environment_tags() -> dict[str, str]:
+    tags = {f"{TAG_PREFIX}python": platform.python_version()}
+    for package in KEY_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[f"{TAG_PREFIX}version.{package}"] = metadata.version(package)
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        tags[f"{TAG_PREFIX}version.mmp"] = metadata.version("mmp")
+    return tags
+
+
+def dvc_tags() -> dict[str, str]:
+    names = {
+        "DVC_EXP_NAME": "dvc.exp_name",
+        "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev",
+        "DVC_STAGE": "dvc.stage",
+    }
+    return {f"{TAG_PREFIX}{tag}": os.environ[var] for var, tag in names.items() if os.environ.get(var)}
+
+
+def effective_overrides(config: Config) -> list[str]:
+    """The Hydra overrides that produced this config.
+
+    When mmp composed the config itself it knows them. Under ``dvc repro``/``dvc exp run`` it reads
+    params.yaml, so it reports how params.yaml differs from conf/'s defaults instead.
+    """
+    if config.overrides:
+        return list(config.overrides)
+    from mmp.config import compose
+
+    try:
+        defaults = flatten(compose(config.root))
+    except Exception:  # noqa: BLE001 - a best-effort tag must never fail a run
+        return []
+    current = flatten(config.as_dict())
+    changed = [f"{key}={value}" for key, value in current.items() if defaults.get(key, object()) != value]
+    changed += [f"~{key}" for key in defaults if key not in current]
+    return changed
+
+
+def params_of(config: Config) -> dict[str, str]:
+    """The flattened composed config, as MLflow params (paths and tracking settings left out)."""
+    flat = flatten({k: v for k, v in config.as_dict().items() if k not in ("mlflow", "paths")})
+    return {key: str(value)[:_MAX_PARAM_LENGTH] for key, value in flat.items()}
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@contextlib.contextmanager
+def stage_run(
+    config: Config,
+    stage: str,
+    *,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[Any]:
+    """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises."""
+    import mlflow
+
+    setup(config)
+    run_tags = {
+        f"{TAG_PREFIX}stage": stage,
+        f"{TAG_PREFIX}recipe": config.recipe.name,
+        f"{TAG_PREFIX}data": config.data.name,
+        f"{TAG_PREFIX}overrides": " ".join(effective_overrides(config))[:5000],
+        "mlflow.source.name": f"stages/{stage}.py",
+        **git_tags(config.root),
+        **dvc_tags(),
+        **environment_tags(),
+        **(tags or {}),
+    }
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    run_name = f"{stage}-{config.recipe.name}"
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        run_name = f"{run_name}-{exp_name}"
+    try:
+        run = mlflow.start_run(run_name=run_name, tags=run_tags)
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(_tracking_failure(mlflow.get_tracking_uri(), exc)) from None
+    try:
+        mlflow.log_params(params_of(config))
+        yield run
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(f"{TAG_PREFIX}error", " ".join(str(exc).split())[:1000])
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status=status)
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_dataset(path: Path, digest: str, name: str, context: str, schema_frame: Any = None) -> None:
+    """Record a data file as an MLflow dataset input of the active run."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    schema = None
+    if schema_frame is not None:
+        from mlflow.types.utils import _infer_schema
+
+        schema = _infer_schema(schema_frame)
+    with warnings.catch_warnings():
+        # Local paths match two equivalent source classes; MLflow warns and picks one.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(path.resolve()))
+    dataset = MetaDataset(source=source, name=name, digest=digest, schema=schema)
+    mlflow.log_input(dataset, context=context)
+
+
+def run_url(run: Any) -> str:
+    """The run's address in the UI, for messages ('#/experiments/<id>/runs/<id>')."""
+    return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+def current_command() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
