@@ -107,8 +107,6 @@ def cmd_get_config(args: argparse.Namespace) -> None:
     target = Path(args.output_dir) / f"{args.env_name}.yaml"
     if not target.is_absolute():
         target = Path.cwd() / target
-    if target.exists() and not args.force:
-        raise ConfigError(f"{target} exists already; pass --force to overwrite it")
     template = "remote" if args.remote else "local"
     mlflow_section = compose(root, [f"mlflow={template}"])["mlflow"]
     if args.tracking_uri:
@@ -120,8 +118,14 @@ def cmd_get_config(args: argparse.Namespace) -> None:
         "# Any key of the composed config (see params.yaml) may be set here; it is merged on top.\n"
         "# Credentials never go here: put MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in .env.\n"
     )
+    text = header + dump_yaml({"mlflow": mlflow_section})
+    if target.exists() and not args.force:
+        if target.read_text(encoding="utf-8") == text:
+            print(f"{target} is up to date")
+            return
+        raise ConfigError(f"{target} exists with other settings; pass --force to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(header + dump_yaml({"mlflow": mlflow_section}), encoding="utf-8")
+    target.write_text(text, encoding="utf-8")
     print(f"wrote {target}")
 
 
@@ -137,6 +141,22 @@ def cmd_compose(args: argparse.Namespace) -> None:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         print(text, end="")
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from mmp.runs import RunQuery, default_metrics, find_runs, format_table
+
+    config = _config_from(args)
+    stage = None if args.stage == "all" else args.stage
+    runs = find_runs(config, RunQuery(stage=stage, recipe=args.recipe_name, sort=args.sort, limit=args.limit))
+    if args.quiet:
+        print("\n".join(run.info.run_id for run in runs))
+        return
+    if not runs:
+        print(f"No runs yet in experiment '{config.mlflow.experiment_name}'; run `dvc repro` or `mmp train` first")
+        return
+    metrics = args.metrics.split(",") if args.metrics else default_metrics(runs)
+    print(format_table(runs, metrics))
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -174,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="prepare and train: the whole pipeline outside DVC")
     _add_config_options(train)
     train.set_defaults(func=cmd_train)
+
+    runs = commands.add_parser("runs", help="a table of the experiment's runs, newest first")
+    runs.add_argument("--stage", default="train", help="prepare | train | all (default: train)")
+    runs.add_argument("--recipe-name", help="only runs of this recipe")
+    runs.add_argument("--sort", metavar="METRIC", help="sort by a metric, best first (e.g. test_roc_auc)")
+    runs.add_argument("--metrics", help="comma-separated metric columns")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("-q", "--quiet", action="store_true", help="print run ids only")
+    runs.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/prod.yaml)")
+    runs.set_defaults(func=cmd_runs, recipe=None, data=None, overrides=[])
     return parser
 
 

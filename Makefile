@@ -1,0 +1,65 @@
+# mmp: `make demo` sets everything up and runs the pipeline; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# Stage commands in dvc.yaml call `python`: make it the venv's.
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: help install demo test test-fast lint format params bench clean
+
+help:
+	@echo "make demo      create .venv, install mmp, run the pipeline on the bundled titanic data"
+	@echo "make test      install and run the whole test suite (slow tests included)"
+	@echo "make test-fast the quick unit tests only"
+	@echo "make lint      ruff check + format check"
+	@echo "make params    recompose params.yaml from conf/"
+	@echo "make bench     run the benchmarks in bench/"
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	@test -f configs/dev.yaml || $(BIN)/mmp get-config --env-name dev
+	$(BIN)/dvc repro
+	@echo
+	@$(BIN)/mmp runs --limit 4
+	@echo
+	@run_id=$$($(BIN)/mmp runs --stage train --limit 1 --quiet); \
+	echo "MLflow run id: $$run_id"; \
+	echo "Next:"; \
+	echo "  source $(VENV)/bin/activate"; \
+	echo "  mlflow ui --port 5000                    # the runs, params, metrics and model at http://127.0.0.1:5000"; \
+	echo "  dvc exp run -S recipe=lgbm-tuned         # another recipe as a DVC experiment"; \
+	echo "  dvc exp show                             # compare experiments"; \
+	echo "  mmp train -c configs/dev.yaml -r recipes/xgb-baseline.yaml -d data/train.csv"
+
+test: install
+	$(BIN)/python -m pytest -ra --durations=15
+
+test-fast: install
+	$(BIN)/python -m pytest -ra -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src stages tests bench
+	$(BIN)/ruff format --check src stages tests bench
+
+format: install
+	$(BIN)/ruff format src stages tests bench
+	$(BIN)/ruff check --fix src stages tests bench
+
+params: install
+	$(BIN)/mmp compose -o params.yaml
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf data/prepared models .pytest_cache .ruff_cache

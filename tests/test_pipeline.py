@@ -1,0 +1,158 @@
+"""End to end: real DVC in a temporary git repository, a real MLflow store, the bundled data."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import Project
+
+pytestmark = pytest.mark.slow
+
+
+def test_repro_trains_titanic_above_floor(repro_project: Project) -> None:
+    metrics = repro_project.metrics()
+    assert set(metrics) == {"train", "valid", "test"}
+    assert metrics["test"]["roc_auc"] >= 0.80
+    for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "log_loss", "roc_auc"):
+        assert name in metrics["valid"]
+    prepared = repro_project.root / "data" / "prepared"
+    for name in ("train.parquet", "valid.parquet", "test.parquet", "preprocessing.json", "manifest.json"):
+        assert (prepared / name).is_file()
+    state = json.loads((prepared / "preprocessing.json").read_text())
+    assert state["classes"] == ["died", "survived"]
+    assert {c["name"] for c in state["columns"]} == {"pclass", "sex", "age", "sibsp", "parch"}
+    assert (repro_project.root / "models" / "model.ubj").is_file()
+
+
+def test_runs_are_mirrored_to_mlflow(repro_project: Project) -> None:
+    prepare_runs = repro_project.runs("prepare")
+    train_runs = repro_project.runs("train")
+    assert len(prepare_runs) == 1 and len(train_runs) == 1
+    prepare, train = prepare_runs[0], train_runs[0]
+    assert prepare.info.status == train.info.status == "FINISHED"
+
+    tags = train.data.tags
+    assert tags["mmp.stage"] == "train"
+    assert tags["mmp.task"] == "binary"
+    assert tags["mmp.model_class"] == "xgboost.XGBClassifier"
+    assert tags["mmp.recipe"] == "xgb-baseline"
+    assert tags["mmp.prepare_run_id"] == prepare.info.run_id  # lineage: which prepare fed this train
+    assert len(tags["mlflow.source.git.commit"]) == 40
+    assert tags["mlflow.source.git.branch"] == "main"
+    assert tags["mmp.git.dirty"] in ("true", "false")
+    assert tags["mmp.version.xgboost"] and tags["mmp.python"].startswith("3.")
+    assert "mmp.overrides" in tags
+
+    params = train.data.params
+    assert params["recipe.model.params.max_depth"] == "6"
+    assert params["data.target"] == "survived"
+    assert params["recipe.preprocessing.categorical_encoding"] == "auto"
+
+    metrics = train.data.metrics
+    assert metrics["test_roc_auc"] >= 0.80
+    assert {"train_accuracy", "valid_log_loss", "test_f1_macro"} <= set(metrics)
+    history = repro_project.client().get_metric_history(train.info.run_id, "valid_curve_logloss")
+    assert len(history) > 5 and history[0].step == 0  # learning curve as step metrics
+
+    artifacts = {a.path for a in repro_project.client().list_artifacts(train.info.run_id)}
+    assert {"preprocessing.json", "metrics.json", "config.yaml"} <= artifacts
+    inputs = train.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.name == "titanic" and inputs[0].dataset.digest
+    assert "titanic.csv" in inputs[0].dataset.source
+
+
+def test_logged_model_predicts_raw_rows(repro_project: Project) -> None:
+    import mlflow
+
+    train = repro_project.runs("train")[0]
+    mlflow.set_tracking_uri(repro_project.tracking_uri)
+    models = mlflow.search_logged_models(
+        experiment_ids=[train.info.experiment_id], filter_string=f"source_run_id = '{train.info.run_id}'",
+        output_format="list",
+    )
+    assert len(models) == 1
+    model = mlflow.pyfunc.load_model(models[0].model_uri)
+    assert model.metadata.signature is not None
+    assert model.metadata.signature.inputs.input_names() == ["pclass", "sex", "age", "sibsp", "parch"]
+    rows = pd.DataFrame(
+        {"pclass": ["1st", "3rd", "9th"], "sex": ["female", "male", "unknown"], "age": [29.0, 40.0, None],
+         "sibsp": [0, 1, 0], "parch": [0, 0, 0]}
+    )
+    labels = model.predict(rows)
+    assert list(labels[:2]) == ["survived", "died"]  # first-class woman, third-class man
+    assert labels[2] in ("survived", "died")  # unseen categories do not crash
+    proba = model.predict(rows, params={"predict_method": "predict_proba"})
+    assert list(proba.columns) == ["died", "survived"]
+    assert proba.to_numpy().sum(axis=1) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_second_repro_is_a_noop(repro_project: Project) -> None:
+    before = len(repro_project.runs())
+    result = repro_project.dvc("repro")
+    assert "didn't change, skipping" in result.stdout
+    assert "Running stage" not in result.stdout
+    assert len(repro_project.runs()) == before
+
+
+def test_exp_run_switches_recipe(repro_project: Project) -> None:
+    repro_project.dvc("exp", "run", "-S", "recipe=lgbm-tuned", "-n", "lgbm")
+    info = json.loads((repro_project.root / "models" / "model_info.json").read_text())
+    assert info["class"] == "lightgbm.LGBMClassifier"
+    assert repro_project.metrics()["test"]["roc_auc"] >= 0.80
+    train = repro_project.runs("train")[0]
+    assert train.data.tags["mmp.recipe"] == "lgbm-tuned"
+    assert train.data.tags["mmp.dvc.exp_name"] == "lgbm"
+    assert "recipe.name=lgbm-tuned" in train.data.tags["mmp.overrides"]
+    shown = repro_project.dvc("exp", "show", "--json").stdout
+    assert "lgbm" in shown
+
+
+def test_exp_run_sets_a_hyperparameter(repro_project: Project) -> None:
+    repro_project.dvc("exp", "run", "-S", "recipe=xgb-baseline", "-S", "recipe.model.params.max_depth=3")
+    train = repro_project.runs("train")[0]
+    assert train.data.params["recipe.model.params.max_depth"] == "3"
+    assert train.data.tags["mmp.model_class"] == "xgboost.XGBClassifier"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "task", "metric", "floor"),
+    [("penguins", "multiclass", "accuracy", 0.95), ("diamonds", "regression", "r2", 0.95)],
+)
+def test_multiclass_and_regression(project: Project, dataset: str, task: str, metric: str, floor: float) -> None:
+    project.dvc("exp", "run", "-S", f"data={dataset}")
+    metrics = project.metrics()
+    assert metrics["test"][metric] >= floor
+    train = project.runs("train")[0]
+    assert train.data.tags["mmp.task"] == task
+    if task == "multiclass":
+        assert "test_roc_auc" in train.data.metrics  # one-vs-rest
+        state = json.loads((project.root / "data" / "prepared" / "preprocessing.json").read_text())
+        assert state["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    else:
+        assert {"test_rmse", "test_mae", "test_r2", "test_mape"} <= set(train.data.metrics)
+
+
+def test_predecessor_train_command(project: Project) -> None:
+    project.mmp("get-config", "--env-name", "dev")
+    config = (project.root / "configs" / "dev.yaml").read_text()
+    assert "sqlite:///mlflow.db" in config
+    result = project.mmp("train", "-c", "configs/dev.yaml", "-r", "recipes/xgb-baseline.yaml", "-d", "data/train.csv")
+    run_id = result.stdout.split("MLflow run id: ")[1].split()[0]
+    run = project.client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_roc_auc"] >= 0.80
+    assert run.data.tags["mmp.recipe"] == "xgb-baseline"
+
+
+def test_linear_and_forest_recipes(project: Project) -> None:
+    for recipe, model_class in [
+        ("linear-baseline", "sklearn.linear_model.LogisticRegression"),
+        ("rf-experiment", "sklearn.ensemble.RandomForestClassifier"),
+    ]:
+        project.mmp("train", f"recipe={recipe}")
+        info = json.loads((project.root / "models" / "model_info.json").read_text())
+        assert info["class"] == model_class
+        assert project.metrics()["test"]["roc_auc"] >= 0.80
