@@ -1,0 +1,106 @@
+"""Bad config or data: one clear line, a non-zero exit, no traceback, no RUNNING run, no partial output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, make_project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bad_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    project = make_project(tmp_path_factory.mktemp("bad") / "project")
+    rows = (project.root / "data" / "titanic.csv").read_text().splitlines()
+    header, body = rows[0], rows[1:]
+    write = lambda name, text: (project.root / "data" / name).write_text(text)  # noqa: E731
+    write("one_class.csv", "\n".join([header, *[r for r in body if ",died," in r]]) + "\n")
+    write("null_target.csv", "\n".join([header, *body[:40], "1st,,female,30.0,0,0", "3rd,,male,22.0,0,0", *body[40:]]) + "\n")
+    write("empty_column.csv", "\n".join([header + ",cabin", *[r + "," for r in body]]) + "\n")
+    write("corrupt.parquet", "this is not parquet\n")
+    write("header_only.csv", header + "\n")
+    (project.root / "recipes" / "typo.yaml").write_text(
+        (project.root / "recipes" / "xgb-baseline.yaml").read_text().replace("max_depth:", "max_dept:")
+    )
+    return project
+
+
+CASES = {
+    "unknown recipe": (["recipe=no-such-recipe"], ["Unknown recipe 'no-such-recipe'", "xgb-baseline", "-r PATH"]),
+    "unknown recipe file": (["-r", "recipes/missing.yaml"], ["recipes/missing.yaml does not exist"]),
+    "unknown model class": (["recipe.model.name=xgbost"], ["Unknown model 'xgbost'", "did you mean 'xgboost'"]),
+    "unknown hyperparameter": (["-r", "recipes/typo.yaml"], ["Unknown hyperparameter 'max_dept'", "did you mean 'max_depth'"]),
+    "hyperparameter of the wrong type": (["recipe.model.params.max_depth=deep"], ["max_depth must be an integer", "'deep'"]),
+    "sklearn hyperparameter of the wrong type": (
+        ["recipe=rf-experiment", "recipe.model.params.n_estimators=-3"], ["'n_estimators' parameter", "-3"]
+    ),
+    "unknown config key": (["-c", "configs/bad.yaml"], ["Unknown config key 'data.targt'", "did you mean 'target'"]),
+    "missing data file": (["-d", "data/missing.csv"], ["missing.csv does not exist", "data.path"]),
+    "unreadable data file": (["-d", "data/corrupt.parquet"], ["corrupt.parquet cannot be read"]),
+    "missing target column": (["data.target=survival"], ["Target column 'survival' is not in", "set data.target"]),
+    "single-class target": (["-d", "data/one_class.csv"], ["single value", "'died'"]),
+    "non-numeric regression target": (["recipe.task=regression"], ["recipe.task is regression", "numeric target"]),
+    "empty after filtering": (["data.query='age > 1000'"], ["No rows left after data.query 'age > 1000'"]),
+    "empty data file": (["-d", "data/header_only.csv"], ["No rows left"]),
+    "all-null column": (["-d", "data/empty_column.csv"], ["Column 'cabin' is entirely empty", "data.drop_columns"]),
+    "missing id column": (["data.id_columns=[passenger_id]"], ["data.id_columns names column(s) passenger_id"]),
+    "bad split size": (["split.test_size=1.5"], ["split.test_size", "between 0 and 1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_clearly(bad_project: Project, case: str) -> None:
+    (bad_project.root / "configs").mkdir(exist_ok=True)
+    (bad_project.root / "configs" / "bad.yaml").write_text("data:\n  targt: survived\n")
+    args, expected = CASES[case]
+    before = {run.info.run_id for run in bad_project.runs()}
+    result = bad_project.mmp("train", *args, check=False)
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mmp: error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in expected:
+        assert fragment in errors[0], errors[0]
+    # Nothing half-written, nothing left RUNNING.
+    assert not (bad_project.root / "data" / "prepared").exists()
+    assert not (bad_project.root / "models").exists()
+    assert not list(bad_project.root.glob("data/.prepared.*"))
+    new_runs = [run for run in bad_project.runs() if run.info.run_id not in before]
+    assert all(run.info.status != "RUNNING" for run in new_runs)
+
+
+def test_verbose_shows_the_traceback(bad_project: Project) -> None:
+    result = bad_project.mmp("--verbose", "train", "data.target=survival", check=False)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_missing_target_values_are_dropped_and_counted(project: Project) -> None:
+    rows = (project.root / "data" / "titanic.csv").read_text().splitlines()
+    rows[5] = "1st,,female,30.0,0,0"
+    rows[9] = "3rd,,male,22.0,0,0"
+    (project.root / "data" / "titanic.csv").write_text("\n".join(rows) + "\n")
+    result = project.mmp("prepare")
+    assert "Dropping 2 row(s) whose target 'survived' is missing" in result.stderr
+    run = project.runs("prepare")[0]
+    assert run.data.metrics["rows_dropped_null_target"] == 2
+    assert sum(run.data.metrics[f"rows_{s}"] for s in ("train", "valid", "test")) == 1309 - 2
+
+
+def test_failure_inside_a_stage_marks_the_run_failed(project: Project) -> None:
+    project.mmp("prepare")
+    metrics_before = (project.root / "metrics.json").read_bytes()
+    result = project.mmp("train", "+recipe.model.params.objective=no:such", check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    train = project.runs("train")[0]
+    assert train.info.status == "FAILED"
+    assert "mmp.error" in train.data.tags
+    assert not (project.root / "models").exists()
+    assert (project.root / "metrics.json").read_bytes() == metrics_before
+
+
