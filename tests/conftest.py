@@ -24,7 +24,10 @@ def project_files() -> list[str]:
     """Files a fresh clone would have (tracked, plus new files not ignored)."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\n")
     return [f for f in listed if f and not any(f == s or f.startswith(f"{s}/") for s in _SKIP) and (REPO / f).exists()]
 
@@ -34,8 +37,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         MLFLOW_DISABLE_TELEMETRY="true",
-        GIT_AUTHOR_NAME="mmp tests", GIT_AUTHOR_EMAIL="tests@example.com",
-        GIT_COMMITTER_NAME="mmp tests", GIT_COMMITTER_EMAIL="tests@example.com",
+        GIT_AUTHOR_NAME="mmp tests",
+        GIT_AUTHOR_EMAIL="tests@example.com",
+        GIT_COMMITTER_NAME="mmp tests",
+        GIT_COMMITTER_EMAIL="tests@example.com",
         PYTHONWARNINGS="ignore",
     )
     env.update(extra)
@@ -51,7 +56,12 @@ class Project:
 
     def run(self, *args: str, check: bool = True, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            list(args), cwd=self.root, env={**self.env, **env}, capture_output=True, text=True, timeout=timeout,
+            list(args),
+            cwd=self.root,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(

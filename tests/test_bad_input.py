@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from conftest import Project, make_project
@@ -16,9 +14,12 @@ def bad_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project = make_project(tmp_path_factory.mktemp("bad") / "project")
     rows = (project.root / "data" / "titanic.csv").read_text().splitlines()
     header, body = rows[0], rows[1:]
-    write = lambda name, text: (project.root / "data" / name).write_text(text)  # noqa: E731
+    write = lambda name, text: (project.root / "data" / name).write_text(text)
     write("one_class.csv", "\n".join([header, *[r for r in body if ",died," in r]]) + "\n")
-    write("null_target.csv", "\n".join([header, *body[:40], "1st,,female,30.0,0,0", "3rd,,male,22.0,0,0", *body[40:]]) + "\n")
+    write(
+        "null_target.csv",
+        "\n".join([header, *body[:40], "1st,,female,30.0,0,0", "3rd,,male,22.0,0,0", *body[40:]]) + "\n",
+    )
     write("empty_column.csv", "\n".join([header + ",cabin", *[r + "," for r in body]]) + "\n")
     write("corrupt.parquet", "this is not parquet\n")
     write("header_only.csv", header + "\n")
@@ -32,10 +33,17 @@ CASES = {
     "unknown recipe": (["recipe=no-such-recipe"], ["Unknown recipe 'no-such-recipe'", "xgb-baseline", "-r PATH"]),
     "unknown recipe file": (["-r", "recipes/missing.yaml"], ["recipes/missing.yaml does not exist"]),
     "unknown model class": (["recipe.model.name=xgbost"], ["Unknown model 'xgbost'", "did you mean 'xgboost'"]),
-    "unknown hyperparameter": (["-r", "recipes/typo.yaml"], ["Unknown hyperparameter 'max_dept'", "did you mean 'max_depth'"]),
-    "hyperparameter of the wrong type": (["recipe.model.params.max_depth=deep"], ["max_depth must be an integer", "'deep'"]),
+    "unknown hyperparameter": (
+        ["-r", "recipes/typo.yaml"],
+        ["Unknown hyperparameter 'max_dept'", "did you mean 'max_depth'"],
+    ),
+    "hyperparameter of the wrong type": (
+        ["recipe.model.params.max_depth=deep"],
+        ["max_depth must be an integer", "'deep'"],
+    ),
     "sklearn hyperparameter of the wrong type": (
-        ["recipe=rf-experiment", "recipe.model.params.n_estimators=-3"], ["'n_estimators' parameter", "-3"]
+        ["recipe=rf-experiment", "recipe.model.params.n_estimators=-3"],
+        ["'n_estimators' parameter", "-3"],
     ),
     "unknown config key": (["-c", "configs/bad.yaml"], ["Unknown config key 'data.targt'", "did you mean 'target'"]),
     "missing data file": (["-d", "data/missing.csv"], ["missing.csv does not exist", "data.path"]),
@@ -102,5 +110,3 @@ def test_failure_inside_a_stage_marks_the_run_failed(project: Project) -> None:
     assert "mmp.error" in train.data.tags
     assert not (project.root / "models").exists()
     assert (project.root / "metrics.json").read_bytes() == metrics_before
-
-

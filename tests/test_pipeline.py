@@ -70,7 +70,8 @@ def test_logged_model_predicts_raw_rows(repro_project: Project) -> None:
     train = repro_project.runs("train")[0]
     mlflow.set_tracking_uri(repro_project.tracking_uri)
     models = mlflow.search_logged_models(
-        experiment_ids=[train.info.experiment_id], filter_string=f"source_run_id = '{train.info.run_id}'",
+        experiment_ids=[train.info.experiment_id],
+        filter_string=f"source_run_id = '{train.info.run_id}'",
         output_format="list",
     )
     assert len(models) == 1
@@ -78,8 +79,13 @@ def test_logged_model_predicts_raw_rows(repro_project: Project) -> None:
     assert model.metadata.signature is not None
     assert model.metadata.signature.inputs.input_names() == ["pclass", "sex", "age", "sibsp", "parch"]
     rows = pd.DataFrame(
-        {"pclass": ["1st", "3rd", "9th"], "sex": ["female", "male", "unknown"], "age": [29.0, 40.0, None],
-         "sibsp": [0, 1, 0], "parch": [0, 0, 0]}
+        {
+            "pclass": ["1st", "3rd", "9th"],
+            "sex": ["female", "male", "unknown"],
+            "age": [29.0, 40.0, None],
+            "sibsp": [0, 1, 0],
+            "parch": [0, 0, 0],
+        }
     )
     labels = model.predict(rows)
     assert list(labels[:2]) == ["survived", "died"]  # first-class woman, third-class man

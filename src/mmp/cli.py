@@ -45,7 +45,7 @@ def _guarded(action: Callable[[], Any], verbose: bool) -> int:
     except KeyboardInterrupt:
         print("mmp: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+    except Exception as exc:
         if verbose:
             log.exception("failed")
         message = " ".join(str(exc).split())[:500]
@@ -113,8 +113,9 @@ def cmd_get_config(args: argparse.Namespace) -> None:
         mlflow_section["tracking_uri"] = args.tracking_uri
     if args.experiment_name:
         mlflow_section["experiment_name"] = args.experiment_name
+    shown = target.relative_to(Path.cwd()) if target.is_relative_to(Path.cwd()) else target
     header = (
-        f"# mmp environment '{args.env_name}'. Pass it with -c {target.relative_to(Path.cwd()) if target.is_relative_to(Path.cwd()) else target}.\n"
+        f"# mmp environment '{args.env_name}'. Pass it with -c {shown}.\n"
         "# Any key of the composed config (see params.yaml) may be set here; it is merged on top.\n"
         "# Credentials never go here: put MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in .env.\n"
     )
@@ -160,7 +161,9 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", metavar="FILE", help="environment config merged on top (e.g. configs/dev.yaml)")
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help="environment config merged on top (e.g. configs/dev.yaml)"
+    )
     parser.add_argument("-r", "--recipe", metavar="FILE", help="recipe file (replaces the recipe group choice)")
     parser.add_argument("-d", "--data", metavar="PATH", help="data file, CSV or Parquet (sets data.path)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, e.g. recipe=lgbm-tuned")

@@ -111,9 +111,7 @@ class Config:
     def as_dict(self) -> dict[str, Any]:
         """The YAML-shaped config (what is logged as params and written as the composed config)."""
         return {
-            f.name: _to_plain(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if not f.metadata.get("internal")
+            f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if not f.metadata.get("internal")
         }
 
 
@@ -149,9 +147,8 @@ def tracking_root(workspace: Path) -> Path:
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     dvc_root = os.environ.get("DVC_ROOT")
-    if dvc_root and Path(dvc_root).resolve() != workspace.resolve():
-        if (Path(dvc_root) / CONFIG_DIR).is_dir():
-            return Path(dvc_root).resolve()
+    if dvc_root and Path(dvc_root).resolve() != workspace.resolve() and (Path(dvc_root) / CONFIG_DIR).is_dir():
+        return Path(dvc_root).resolve()
     return workspace
 
 
@@ -232,7 +229,8 @@ def load_config(
     if from_params:
         raw = read_yaml(root / PARAMS_FILE, "Params file")
     else:
-        raw = compose(root, [o for o in overrides if not _is_value_override(o) or not (config_file or recipe_file)])
+        files = bool(config_file or recipe_file)
+        raw = compose(root, [o for o in overrides if not (files and _is_value_override(o, root))])
     if config_file:
         raw = _deep_merge(raw, read_yaml(Path(config_file), "Config file"))
     if recipe_file:
@@ -243,15 +241,16 @@ def load_config(
         raw.setdefault("data", {})["path"] = str(Path(data_path).expanduser().resolve())
     if config_file or recipe_file:
         for override in overrides:
-            if _is_value_override(override):
+            if _is_value_override(override, root):
                 key, value = override.lstrip("+").split("=", 1)
                 _set_dotted(raw, key, yaml.safe_load(value) if value else None)
     return from_dict(raw, root=root, overrides=tuple(overrides))
 
 
-def _is_value_override(override: str) -> bool:
+def _is_value_override(override: str, root: Path) -> bool:
+    """``a.b=1`` or ``seed=1`` set values; ``recipe=lgbm-tuned`` picks a config group option."""
     key = override.split("=", 1)[0].lstrip("+~")
-    return "=" in override and "." in key
+    return "=" in override and ("." in key or not (root / CONFIG_DIR / key).is_dir())
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

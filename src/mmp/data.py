@@ -37,7 +37,9 @@ def scan(path: Path) -> pl.LazyFrame:
         frame.collect_schema()
     except (OSError, pl.exceptions.PolarsError) as exc:
         reason = " ".join(str(exc).split())[:200]
-        raise DataError(f"Data file {path} cannot be read ({reason}); check that it is a valid {suffix[1:]} file") from None
+        raise DataError(
+            f"Data file {path} cannot be read ({reason}); check that it is a valid {suffix[1:]} file"
+        ) from None
     return frame
 
 
@@ -67,7 +69,9 @@ def _require_columns(data: DataConfig, columns: list[str], path: Path) -> None:
     for key in ("id_columns", "drop_columns", "categorical_columns"):
         missing = [c for c in getattr(data, key) if c not in columns]
         if missing:
-            raise DataError(f"data.{key} names column(s) {', '.join(missing)} that {path} does not have; fix data.{key}")
+            raise DataError(
+                f"data.{key} names column(s) {', '.join(missing)} that {path} does not have; fix data.{key}"
+            )
 
 
 def feature_columns(frame: pl.DataFrame, data: DataConfig) -> list[str]:
@@ -100,9 +104,7 @@ def clean_and_check(frame: pl.DataFrame, data: DataConfig, requested_task: str) 
         )
     for column in feature_columns(frame, data):
         if frame[column].null_count() == frame.height:
-            raise DataError(
-                f"Column '{column}' is entirely empty; add it to data.drop_columns or fix the data file"
-            )
+            raise DataError(f"Column '{column}' is entirely empty; add it to data.drop_columns or fix the data file")
     if frame.height < 20:
         raise DataError(f"Only {frame.height} rows to learn from; mmp needs at least 20 to split train/valid/test")
     task = infer_task(frame[target], requested_task, target)
@@ -126,9 +128,7 @@ def infer_task(target: pl.Series, requested: str, name: str) -> str:
     numeric = target.dtype.is_numeric()
     if n_unique < 2:
         value = target[0]
-        raise DataError(
-            f"Target '{name}' has a single value ({value!r}); a model needs at least two classes or values"
-        )
+        raise DataError(f"Target '{name}' has a single value ({value!r}); a model needs at least two classes or values")
     if requested == "regression":
         if not numeric:
             raise DataError(

@@ -42,31 +42,57 @@ FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
         ModelFamily(
-            "xgboost", "xgboost:XGBClassifier", "xgboost:XGBRegressor", "native", True,
-            early_stopping=True, native_format="xgboost",
+            "xgboost",
+            "xgboost:XGBClassifier",
+            "xgboost:XGBRegressor",
+            "native",
+            True,
+            early_stopping=True,
+            native_format="xgboost",
         ),
         ModelFamily(
-            "lightgbm", "lightgbm:LGBMClassifier", "lightgbm:LGBMRegressor", "native", True,
-            early_stopping=True, native_format="lightgbm",
+            "lightgbm",
+            "lightgbm:LGBMClassifier",
+            "lightgbm:LGBMRegressor",
+            "native",
+            True,
+            early_stopping=True,
+            native_format="lightgbm",
         ),
         ModelFamily(
-            "random_forest", "sklearn.ensemble:RandomForestClassifier",
-            "sklearn.ensemble:RandomForestRegressor", "ordinal", False,
+            "random_forest",
+            "sklearn.ensemble:RandomForestClassifier",
+            "sklearn.ensemble:RandomForestRegressor",
+            "ordinal",
+            False,
         ),
         ModelFamily(
-            "extra_trees", "sklearn.ensemble:ExtraTreesClassifier",
-            "sklearn.ensemble:ExtraTreesRegressor", "ordinal", False,
+            "extra_trees",
+            "sklearn.ensemble:ExtraTreesClassifier",
+            "sklearn.ensemble:ExtraTreesRegressor",
+            "ordinal",
+            False,
         ),
         ModelFamily(
-            "hist_gradient_boosting", "sklearn.ensemble:HistGradientBoostingClassifier",
-            "sklearn.ensemble:HistGradientBoostingRegressor", "native", True,
+            "hist_gradient_boosting",
+            "sklearn.ensemble:HistGradientBoostingClassifier",
+            "sklearn.ensemble:HistGradientBoostingRegressor",
+            "native",
+            True,
         ),
         ModelFamily(
-            "linear", "sklearn.linear_model:LogisticRegression", "sklearn.linear_model:Ridge", "onehot", False,
-            linear=True, classifier_only=("C", "penalty", "l1_ratio", "class_weight", "multi_class"),
+            "linear",
+            "sklearn.linear_model:LogisticRegression",
+            "sklearn.linear_model:Ridge",
+            "onehot",
+            False,
+            linear=True,
+            classifier_only=("C", "penalty", "l1_ratio", "class_weight", "multi_class"),
             regressor_only=("alpha",),
         ),
-        ModelFamily("logistic_regression", "sklearn.linear_model:LogisticRegression", None, "onehot", False, linear=True),
+        ModelFamily(
+            "logistic_regression", "sklearn.linear_model:LogisticRegression", None, "onehot", False, linear=True
+        ),
         ModelFamily("ridge", None, "sklearn.linear_model:Ridge", "onehot", False, linear=True),
         ModelFamily("linear_regression", None, "sklearn.linear_model:LinearRegression", "onehot", False, linear=True),
     )
@@ -74,11 +100,27 @@ FAMILIES: dict[str, ModelFamily] = {
 
 # Hyperparameters whose defaults are None in the library, so their type cannot be read off it.
 _KNOWN_TYPES: dict[str, type] = {
-    "n_estimators": int, "max_depth": int, "max_leaves": int, "max_bin": int, "num_parallel_tree": int,
-    "learning_rate": float, "subsample": float, "colsample_bytree": float, "colsample_bylevel": float,
-    "colsample_bynode": float, "min_child_weight": float, "gamma": float, "reg_alpha": float,
-    "reg_lambda": float, "scale_pos_weight": float, "max_delta_step": float, "n_jobs": int,
-    "random_state": int, "verbosity": int, "max_cat_to_onehot": int, "max_cat_threshold": int,
+    "n_estimators": int,
+    "max_depth": int,
+    "max_leaves": int,
+    "max_bin": int,
+    "num_parallel_tree": int,
+    "learning_rate": float,
+    "subsample": float,
+    "colsample_bytree": float,
+    "colsample_bylevel": float,
+    "colsample_bynode": float,
+    "min_child_weight": float,
+    "gamma": float,
+    "reg_alpha": float,
+    "reg_lambda": float,
+    "scale_pos_weight": float,
+    "max_delta_step": float,
+    "n_jobs": int,
+    "random_state": int,
+    "verbosity": int,
+    "max_cat_to_onehot": int,
+    "max_cat_threshold": int,
 }
 
 
@@ -87,9 +129,7 @@ def check_model_name(name: str) -> ModelFamily:
         return FAMILIES[name]
     close = difflib.get_close_matches(name, FAMILIES, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    raise ConfigError(
-        f"Unknown model '{name}' in recipe.model.name; {hint}known models: {', '.join(FAMILIES)}"
-    )
+    raise ConfigError(f"Unknown model '{name}' in recipe.model.name; {hint}known models: {', '.join(FAMILIES)}")
 
 
 def class_path(family: ModelFamily, task: str) -> str:

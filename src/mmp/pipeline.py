@@ -20,7 +20,15 @@ from mmp import tracking
 from mmp.config import Config, dump_yaml
 from mmp.errors import ConfigError, DataError
 from mmp.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
-from mmp.models import FitResult, TrainedModel, build_and_fit, check_model_name, class_path, display_name, resolve_params
+from mmp.models import (
+    FitResult,
+    TrainedModel,
+    build_and_fit,
+    check_model_name,
+    class_path,
+    display_name,
+    resolve_params,
+)
 from mmp.outputs import read_json, staged_dir, write_json_atomic
 from mmp.predictor import PREPROCESSING_FILE, Predictor
 from mmp.preprocessing import Preprocessor
@@ -83,7 +91,9 @@ def run_prepare(config: Config) -> StageResult:
             preprocessor.save(scratch / PREPROCESSING_FILE)
             write_json_atomic(scratch / MANIFEST_FILE, manifest)
         _mirror_prepare(config, out_dir, data_path, digest, cleaned.frame.head(5), rows, cleaned.dropped_null_target)
-    log.info("prepare: %s rows -> train %d / valid %d / test %d (%s)", cleaned.frame.height, *rows.values(), cleaned.task)
+    log.info(
+        "prepare: %s rows -> train %d / valid %d / test %d (%s)", cleaned.frame.height, *rows.values(), cleaned.task
+    )
     return StageResult(run.info.run_id, [out_dir], {f"rows_{k}": v for k, v in rows.items()})
 
 
@@ -161,10 +171,15 @@ def run_train(config: Config) -> StageResult:
             model.save(scratch)
         metrics_file = config.resolve(config.paths.metrics_file)
         write_json_atomic(metrics_file, by_split)
-        _mirror_train(config, run, predictor, fit, by_split, splits["test"], model_dir, metrics_file, manifest, fit_seconds)
+        _mirror_train(
+            config, run, predictor, fit, by_split, splits["test"], model_dir, metrics_file, manifest, fit_seconds
+        )
     primary = primary_metric(task, config.recipe.metrics.primary)
     log.info(
-        "train: %s test %s=%.4f (run %s)", model_class, primary, by_split["test"].get(primary, float("nan")),
+        "train: %s test %s=%.4f (run %s)",
+        model_class,
+        primary,
+        by_split["test"].get(primary, float("nan")),
         run.info.run_id,
     )
     return StageResult(run.info.run_id, [model_dir, metrics_file], by_split)
@@ -200,10 +215,8 @@ def _mirror_train(
     mlflow.log_artifact(str(metrics_file))
     mlflow.log_text(dump_yaml(config.as_dict()), CONFIG_ARTIFACT)
     if prepare_run := manifest.get("prepare_run_id"):
-        mlflow.set_tag(
-            "mlflow.note.content",
-            f"Trained on data prepared by run [{prepare_run}](#/experiments/{run.info.experiment_id}/runs/{prepare_run}).",
-        )
+        link = f"#/experiments/{run.info.experiment_id}/runs/{prepare_run}"
+        mlflow.set_tag("mlflow.note.content", f"Trained on data prepared by run [{prepare_run}]({link}).")
     log_pyfunc_model(predictor, test_frame, prepared / PREPROCESSING_FILE, model_dir)
 
 

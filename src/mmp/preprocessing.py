@@ -127,7 +127,9 @@ class Preprocessor:
         try:
             matrix = frame.select(expressions).to_numpy()
         except pl.exceptions.PolarsError as exc:
-            raise DataError(f"Input cannot be encoded ({' '.join(str(exc).split())[:200]}); check column types") from None
+            raise DataError(
+                f"Input cannot be encoded ({' '.join(str(exc).split())[:200]}); check column types"
+            ) from None
         return np.ascontiguousarray(matrix, dtype=np.float32)
 
     def encode_target(self, series: pl.Series) -> np.ndarray:

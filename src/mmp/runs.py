@@ -47,16 +47,23 @@ def format_table(runs: list[Any], metric_names: list[str]) -> str:
     for run in runs:
         started = datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
         tags = run.data.tags
-        metrics = [
-            f"{run.data.metrics[name]:.4f}" if name in run.data.metrics else "-" for name in metric_names
-        ]
-        rows.append([
-            run.info.run_id, started, tags.get(f"{TAG_PREFIX}stage", "-"), tags.get(f"{TAG_PREFIX}data", "-"),
-            tags.get(f"{TAG_PREFIX}recipe", "-"),
-            run.info.status, *metrics,
-        ])
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
+        metrics = [f"{run.data.metrics[name]:.4f}" if name in run.data.metrics else "-" for name in metric_names]
+        rows.append(
+            [
+                run.info.run_id,
+                started,
+                tags.get(f"{TAG_PREFIX}stage", "-"),
+                tags.get(f"{TAG_PREFIX}data", "-"),
+                tags.get(f"{TAG_PREFIX}recipe", "-"),
+                run.info.status,
+                *metrics,
+            ]
+        )
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *rows]
+    ]
     return "\n".join(lines)
 
 

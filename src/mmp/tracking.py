@@ -24,7 +24,18 @@ from mmp.errors import TrackingError
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "mmp."
-KEY_PACKAGES = ("mlflow", "dvc", "hydra-core", "polars", "scikit-learn", "xgboost", "lightgbm", "shap", "numpy", "pandas")
+KEY_PACKAGES = (
+    "mlflow",
+    "dvc",
+    "hydra-core",
+    "polars",
+    "scikit-learn",
+    "xgboost",
+    "lightgbm",
+    "shap",
+    "numpy",
+    "pandas",
+)
 _MAX_PARAM_LENGTH = 6000
 
 
@@ -35,9 +46,9 @@ def resolve_tracking_uri(uri: str, root: Path) -> str:
     likewise. Remote URIs are returned unchanged.
     """
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(root / uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{(root / uri[len('sqlite:///') :]).resolve()}"
     if uri.startswith("file:") and not uri.startswith("file:///"):
-        return (root / uri[len("file:"):].lstrip("/")).resolve().as_uri()
+        return (root / uri[len("file:") :].lstrip("/")).resolve().as_uri()
     if "://" not in uri and ":" not in uri.split("/")[0]:
         return (root / uri).resolve().as_uri()
     return uri
@@ -112,9 +123,7 @@ def git_tags(root: Path) -> dict[str, str]:
 
     def git(*args: str) -> str | None:
         try:
-            result = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
-            )
+            result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return result.stdout.strip() if result.returncode == 0 else None
@@ -163,7 +172,7 @@ def effective_overrides(config: Config) -> list[str]:
 
     try:
         defaults = flatten(compose(config.root))
-    except Exception:  # noqa: BLE001 - a best-effort tag must never fail a run
+    except Exception:
         return []
     current = flatten(config.as_dict())
     changed = [f"{key}={value}" for key, value in current.items() if defaults.get(key, object()) != value]
