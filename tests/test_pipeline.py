@@ -162,3 +162,58 @@ def test_linear_and_forest_recipes(project: Project) -> None:
         info = json.loads((project.root / "models" / "model_info.json").read_text())
         assert info["class"] == model_class
         assert project.metrics()["test"]["roc_auc"] >= 0.80
+
+
+def _is_png(path) -> bool:
+    from PIL import Image
+
+    data = path.read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 2000:
+        return False
+    with Image.open(path) as image:
+        return image.size[0] > 100 and image.size[1] > 100
+
+
+def test_explain_outputs_and_logging(repro_project: Project) -> None:
+    explain_dir = repro_project.root / "explain"
+    importance = json.loads((explain_dir / "shap_importance.json").read_text())
+    assert list(importance["mean_abs_shap"])[:2].count("sex") == 1  # sex is among the top two
+    assert [row["feature"] for row in importance["ranking"]] == list(importance["mean_abs_shap"])
+    values = pd.read_parquet(explain_dir / "shap_values.parquet")
+    assert len(values) == 196 and {"sex", "pclass", "age", "base_value"} <= set(values.columns)
+    pngs = sorted((explain_dir / "plots").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"shap_summary.png", "shap_bar.png", "shap_dependence_sex.png"} <= names
+    assert all(_is_png(p) for p in pngs)
+
+    train = repro_project.runs("train")[-1]  # the first repro's train run
+    explain_run = repro_project.runs("explain")[-1]
+    assert explain_run.data.tags["mmp.train_run_id"] == train.info.run_id
+    assert explain_run.data.tags["mmp.explainer"] == "xgboost.pred_contribs"
+    train = repro_project.client().get_run(train.info.run_id)
+    assert train.data.tags["mmp.explain_run_id"] == explain_run.info.run_id
+    assert train.data.metrics["shap_sex"] > 0
+    logged = {a.path for a in repro_project.client().list_artifacts(train.info.run_id, "explain")}
+    assert {"explain/shap_importance.json", "explain/shap_values.parquet", "explain/plots"} <= logged
+
+
+def test_dvc_plots_show_writes_html(repro_project: Project) -> None:
+    result = repro_project.dvc("plots", "show")
+    html = repro_project.root / "dvc_plots" / "index.html"
+    assert html.is_file() and "index.html" in result.stdout
+    text = html.read_text()
+    assert "shap_summary.png" in text or "shap_summary" in text
+    assert "mean_abs_shap" in text
+
+
+def test_unsupported_explainer_fails_clearly(project: Project) -> None:
+    recipe = project.root / "recipes" / "knn.yaml"
+    recipe.write_text("name: knn\nmodel:\n  name: k_neighbors\n  params: {n_neighbors: 15}\n")
+    result = project.mmp("train", "-r", "recipes/knn.yaml")
+    assert "explain skipped: No exact SHAP explainer" in result.stderr
+    result = project.run("python", "stages/explain.py", check=False, timeout=120)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mmp: error:")]
+    assert errors and "No exact SHAP explainer for sklearn.neighbors.KNeighborsClassifier" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert all(run.info.status != "RUNNING" for run in project.runs())

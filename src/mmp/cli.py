@@ -80,14 +80,19 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """The predecessor's ``mmp train``: prepare and train in one go."""
+    """The predecessor's ``mmp train``: prepare, train and explain in one go."""
     from mmp.models import check_model_name, check_params
-    from mmp.pipeline import run_prepare, run_train
+    from mmp.explain import ExplainError
+    from mmp.pipeline import run_explain, run_prepare, run_train
 
     config = _config_from(args)
     check_params(check_model_name(config.recipe.model.name), config.recipe.model.params, config.seed)
     run_prepare(config)
     result = run_train(config)
+    try:
+        run_explain(config)
+    except ExplainError as exc:
+        log.warning("explain skipped: %s", exc)
     _print_next_steps(config, result.run_id)
 
 
@@ -194,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(prepare)
     prepare.set_defaults(func=cmd_prepare)
 
-    train = commands.add_parser("train", help="prepare and train: the whole pipeline outside DVC")
+    train = commands.add_parser("train", help="prepare, train and explain: the whole pipeline outside DVC")
     _add_config_options(train)
     train.set_defaults(func=cmd_train)
 

@@ -85,10 +85,19 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    sample_size: int = 2000
+    dependence_top_k: int = 5
+    max_display: int = 15
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     prepared_dir: str = "data/prepared"
     model_dir: str = "models"
     metrics_file: str = "metrics.json"
+    plots_dir: str = "plots"
+    explain_dir: str = "explain"
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class Config:
     seed: int = 42
     split: SplitConfig = field(default_factory=SplitConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     # Not part of the YAML: where the config came from.
     root: Path = field(default=Path("."), metadata={"internal": True})
     overrides: tuple[str, ...] = field(default=(), metadata={"internal": True})
@@ -367,6 +377,8 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"Config key 'split.{key}' is {size}; use a fraction between 0 and 1")
     if split.valid_size + split.test_size >= 0.9:
         raise ConfigError("split.valid_size + split.test_size leave under 10% of rows to train on; lower them")
+    if config.explain.sample_size < 1:
+        raise ConfigError("explain.sample_size must be a positive number of rows")
     if recipe.model.early_stopping_rounds is not None and recipe.model.early_stopping_rounds < 1:
         raise ConfigError("recipe.model.early_stopping_rounds must be a positive integer or null")
 

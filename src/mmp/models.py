@@ -29,7 +29,7 @@ class ModelFamily:
     regressor: str | None
     encoding: str  # preferred categorical encoding: native | ordinal | onehot
     handles_missing: bool  # NaN in numeric inputs is fine
-    linear: bool = False  # wants scaled inputs
+    linear: bool = False  # wants one-hot, imputed, scaled inputs (linear and distance-based models)
     early_stopping: bool = False
     native_format: str = "skops"  # how the fitted model is saved
     # Parameters that only apply to one of the two classes (the linear family shares a recipe).
@@ -77,7 +77,7 @@ FAMILIES: dict[str, ModelFamily] = {
             "hist_gradient_boosting",
             "sklearn.ensemble:HistGradientBoostingClassifier",
             "sklearn.ensemble:HistGradientBoostingRegressor",
-            "native",
+            "ordinal",  # not native: exact TreeSHAP cannot follow its categorical splits
             True,
         ),
         ModelFamily(
@@ -95,6 +95,15 @@ FAMILIES: dict[str, ModelFamily] = {
         ),
         ModelFamily("ridge", None, "sklearn.linear_model:Ridge", "onehot", False, linear=True),
         ModelFamily("linear_regression", None, "sklearn.linear_model:LinearRegression", "onehot", False, linear=True),
+        # Distance-based: wants one-hot, scaled inputs like a linear model. No exact SHAP explainer.
+        ModelFamily(
+            "k_neighbors",
+            "sklearn.neighbors:KNeighborsClassifier",
+            "sklearn.neighbors:KNeighborsRegressor",
+            "onehot",
+            False,
+            linear=True,
+        ),
     )
 }
 
@@ -330,7 +339,8 @@ class TrainedModel:
         """Regression predictions."""
         return np.asarray(self.estimator.predict(x), dtype=float)
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, **extra: Any) -> None:
+        """Write the native model file and ``model_info.json`` (plus ``extra`` fields, e.g. the run id)."""
         folder.mkdir(parents=True, exist_ok=True)
         if self.family.native_format == "xgboost":
             filename = "model.ubj"
@@ -349,6 +359,7 @@ class TrainedModel:
             "task": self.task,
             "classes": self.classes,
             "file": filename,
+            **extra,
         }
         (folder / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 

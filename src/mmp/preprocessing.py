@@ -23,6 +23,7 @@ from mmp.models import ModelFamily
 STATE_VERSION = 1
 _HGB_MAX_CATEGORIES = 250  # HistGradientBoosting takes native categories below its 255 bins
 _ORDINAL_MISSING = -1.0
+_NATIVE_CATEGORICAL_FAMILIES = ("xgboost", "lightgbm", "hist_gradient_boosting")
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Preprocessor:
         scaling = settings.scaling
         if scaling == "auto":
             scaling = "standard" if family.linear else "none"
-        if encoding == "native" and family.encoding != "native":
+        if encoding == "native" and family.name not in _NATIVE_CATEGORICAL_FAMILIES:
             encoding = "ordinal"  # only XGBoost, LightGBM and HistGradientBoosting take native categories
         if family.linear and encoding != "onehot":
             encoding = "onehot"  # integer codes mean nothing to a linear model
