@@ -81,8 +81,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """The predecessor's ``mmp train``: prepare, train and explain in one go."""
-    from mmp.models import check_model_name, check_params
     from mmp.explain import ExplainError
+    from mmp.models import check_model_name, check_params
     from mmp.pipeline import run_explain, run_prepare, run_train
 
     config = _config_from(args)
