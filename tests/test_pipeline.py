@@ -139,6 +139,9 @@ def test_multiclass_and_regression(project: Project, dataset: str, task: str, me
         assert state["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
     else:
         assert {"test_rmse", "test_mae", "test_r2", "test_mape"} <= set(train.data.metrics)
+        assert _is_png(project.root / "plots" / "predicted_vs_actual.png")
+        assert _is_png(project.root / "plots" / "residuals.png")
+    assert (project.root / "explain" / "shap_importance.json").is_file()
 
 
 def test_predecessor_train_command(project: Project) -> None:
@@ -195,6 +198,22 @@ def test_explain_outputs_and_logging(repro_project: Project) -> None:
     assert train.data.metrics["shap_sex"] > 0
     logged = {a.path for a in repro_project.client().list_artifacts(train.info.run_id, "explain")}
     assert {"explain/shap_importance.json", "explain/shap_values.parquet", "explain/plots"} <= logged
+
+
+def test_evaluation_plots(repro_project: Project) -> None:
+    plots = repro_project.root / "plots"
+    expected = {"confusion_matrix", "roc_curve", "precision_recall", "feature_importance", "learning_curve"}
+    for name in expected:
+        assert _is_png(plots / f"{name}.png"), name
+    confusion = pd.read_csv(plots / "confusion_matrix.csv")
+    assert len(confusion) == 196 and set(confusion["actual"]) == {"died", "survived"}
+    roc = json.loads((plots / "roc_curve.json").read_text())["roc"]
+    assert (roc[0]["fpr"], roc[0]["tpr"]) == (0.0, 0.0) and (roc[-1]["fpr"], roc[-1]["tpr"]) == (1.0, 1.0)
+    curve = pd.read_csv(plots / "learning_curve.csv")
+    assert {"step", "train", "valid"} <= set(curve.columns) and len(curve) > 5
+    train = repro_project.runs("train")[-1]
+    logged = {a.path for a in repro_project.client().list_artifacts(train.info.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/roc_curve.png", "plots/learning_curve.png"} <= logged
 
 
 def test_dvc_plots_show_writes_html(repro_project: Project) -> None:

@@ -239,7 +239,7 @@ def test_learning_curve_has_the_splits_present(tmp_path: Path) -> None:
     assert frame["step"].to_list() == [0, 1, 2, 3]
     assert frame["valid"].to_list() == HISTORY["valid"]
 
-    write(tmp_path, history={"valid": [1.0, 0.5]})
+    write(tmp_path, history={"valid": np.array([1.0, 0.5]), "train": []})
     assert pl.read_csv(tmp_path / "learning_curve.csv").columns == ["step", "valid"]
 
 
@@ -332,10 +332,16 @@ def test_linear_importances_are_absolute_coefficients() -> None:
     np.testing.assert_allclose(feature_importances(Ridge().fit(-x, y), 4), [3, 1, 0, 0], atol=0.05)
 
 
-def test_xgboost_importances() -> None:
+def test_xgboost_importances_from_estimator_or_loaded_model(tmp_path: Path) -> None:
     xgboost = pytest.importorskip("xgboost")
+    from mmp.models import FAMILIES, TrainedModel
+
     x, y = fit_data("binary")
-    assert_first_feature_leads(feature_importances(xgboost.XGBClassifier(n_estimators=5).fit(x, y), 4))
+    estimator = xgboost.XGBClassifier(n_estimators=5).fit(x, y)
+    fitted = feature_importances(estimator, 4)
+    assert_first_feature_leads(fitted)
+    TrainedModel(FAMILIES["xgboost"], "binary", estimator, ["no", "yes"]).save(tmp_path)
+    np.testing.assert_allclose(feature_importances(TrainedModel.load(tmp_path).estimator, 4), fitted)
 
 
 def test_lightgbm_importances_are_gain_from_estimator_or_loaded_booster(tmp_path: Path) -> None:

@@ -171,6 +171,8 @@ def run_train(config: Config) -> StageResult:
             model.save(scratch, mlflow_run_id=run.info.run_id)
         metrics_file = config.resolve(config.paths.metrics_file)
         write_json_atomic(metrics_file, by_split)
+        plots_dir = config.resolve(config.paths.plots_dir)
+        _write_evaluation_plots(plots_dir, predictor, x["test"], y["test"], fit)
         _mirror_train(
             config, run, predictor, fit, by_split, splits["test"], model_dir, metrics_file, manifest, fit_seconds
         )
@@ -182,7 +184,28 @@ def run_train(config: Config) -> StageResult:
         by_split["test"].get(primary, float("nan")),
         run.info.run_id,
     )
-    return StageResult(run.info.run_id, [model_dir, metrics_file], by_split)
+    return StageResult(run.info.run_id, [model_dir, metrics_file, plots_dir], by_split)
+
+
+def _write_evaluation_plots(folder: Path, predictor: Predictor, x: np.ndarray, y: np.ndarray, fit: FitResult) -> None:
+    from mmp.plots import feature_importances, fold_importances, write_evaluation_plots
+
+    pre, model = predictor.preprocessor, predictor.model
+    raw = feature_importances(model.estimator, len(pre.feature_names))
+    names, importances = fold_importances(raw, pre.feature_groups) if raw is not None else (pre.input_columns, None)
+    classification = predictor.task != "regression"
+    write_evaluation_plots(
+        folder,
+        task=predictor.task,
+        classes=predictor.classes if classification else None,
+        y_true=y,
+        proba=model.predict_proba(x) if classification else None,
+        predicted=None if classification else model.predict_value(x),
+        feature_names=names,
+        importances=importances,
+        history=fit.history,
+        history_metric=_curve_metric(predictor.task),
+    )
 
 
 def _mirror_train(
@@ -213,6 +236,7 @@ def _mirror_train(
     )
     mlflow.log_artifact(str(prepared / PREPROCESSING_FILE))
     mlflow.log_artifact(str(metrics_file))
+    mlflow.log_artifacts(str(config.resolve(config.paths.plots_dir)), artifact_path="plots")
     mlflow.log_text(dump_yaml(config.as_dict()), CONFIG_ARTIFACT)
     if prepare_run := manifest.get("prepare_run_id"):
         link = f"#/experiments/{run.info.experiment_id}/runs/{prepare_run}"

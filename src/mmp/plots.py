@@ -143,11 +143,9 @@ def fold_importances(values: np.ndarray, groups: list[str]) -> tuple[list[str], 
     values = np.asarray(values, dtype=float).ravel()
     if values.size != len(groups):
         raise ValueError(f"{values.size} importances for {len(groups)} feature groups")
-    names = list(dict.fromkeys(groups))
-    position = {name: i for i, name in enumerate(names)}
-    folded = np.zeros(len(names))
-    np.add.at(folded, [position[group] for group in groups], values)
-    return names, folded
+    from mmp.explain import fold
+
+    return fold(values, groups)
 
 
 def _importance_plot(folder: Path, names: list[str], importances: np.ndarray) -> None:
@@ -367,7 +365,7 @@ def _sample(n: int) -> np.ndarray:
 
 
 def _learning_curve(folder: Path, history: dict[str, list[float]], metric: str) -> None:
-    splits = [s for s in ("train", "valid") if history.get(s)]
+    splits = [s for s in ("train", "valid") if len(history.get(s, ()))]
     splits += [s for s, values in history.items() if s not in splits and len(values)]
     steps = max(len(history[s]) for s in splits)
     columns: dict[str, list[float | None]] = {"step": list(range(steps))}
@@ -390,7 +388,7 @@ def _learning_curve(folder: Path, history: dict[str, list[float]], metric: str) 
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
@@ -399,6 +397,7 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
 
 
 def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
     fig.savefig(path, format="png")
     fig.clear()  # free the artists now: a Figure outside pyplot needs no plt.close
 
@@ -417,7 +416,11 @@ def _number(value: float) -> float | None:
 
 
 def _short(text: str, width: int = 40) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """Cut in the middle: long labels often differ only at the end (``town=north``, ``town=south``)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[head + 1 - width :]}"
 
 
 def _write_records(path: Path, key: str, records: list[dict[str, Any]]) -> None:
