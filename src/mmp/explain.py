@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 _TREE_FAMILIES = {"random_forest", "extra_trees", "hist_gradient_boosting"}
 _LINEAR_FAMILIES = {"linear", "logistic_regression", "ridge", "linear_regression"}
-_CHUNK = 1000  # rows per SHAP call, so the progress bar moves
+_CHUNK = 10_000  # rows per SHAP call: large enough to amortise per-call set-up, small enough for a progress bar
 
 
 class ExplainError(MmpError):

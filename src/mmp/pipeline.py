@@ -295,7 +295,7 @@ def _pip_requirements(predictor: Predictor) -> list[str]:
 SHAP_IMPORTANCE_FILE = "shap_importance.json"
 SHAP_VALUES_FILE = "shap_values.parquet"
 _BACKGROUND_ROWS = 1000
-_PROGRESS_ROWS = 5000
+_PROGRESS_ROWS = 20_000
 
 
 def run_explain(config: Config) -> StageResult:
