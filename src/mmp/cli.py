@@ -149,6 +149,23 @@ def cmd_compose(args: argparse.Namespace) -> None:
         print(text, end="")
 
 
+def cmd_serve_api(args: argparse.Namespace) -> None:
+    from mmp.serving.app import ServeSettings
+    from mmp.serving.server import ServerOptions, serve
+
+    serve(
+        _config_from(args),
+        run_id=args.run_id,
+        model_uri=args.model_uri,
+        options=ServerOptions(
+            host=args.host, port=args.port, workers=args.workers, worker_class=args.worker_class, timeout=args.timeout
+        ),
+        settings=ServeSettings(
+            max_rows=args.max_rows, max_body_mb=args.max_body_mb, unknown_columns=args.unknown_columns
+        ),
+    )
+
+
 def cmd_runs(args: argparse.Namespace) -> None:
     from mmp.runs import RunQuery, default_metrics, find_runs, format_table
 
@@ -163,6 +180,22 @@ def cmd_runs(args: argparse.Namespace) -> None:
         return
     metrics = args.metrics.split(",") if args.metrics else default_metrics(runs)
     print(format_table(runs, metrics))
+
+
+def cmd_batch_inference(args: argparse.Namespace) -> None:
+    """Predict a CSV or Parquet file with a logged model; the batch is recorded as an MLflow run."""
+    from mmp.batch import run_batch_inference
+
+    result = run_batch_inference(
+        _config_from(args),
+        run_id=args.run_id,
+        model_uri=args.model_uri,
+        input_path=Path(args.input),
+        output_path=Path(args.output),
+        chunk_rows=args.chunk_rows,
+    )
+    print(f"wrote {result.rows} predictions to {result.output}")
+    print(f"batch inference run: {result.run_id}")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(train)
     train.set_defaults(func=cmd_train)
 
+    serve_api = commands.add_parser("serve-api", help="serve a trained model over HTTP (gunicorn + Flask)")
+    serve_api.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/dev.yaml)")
+    serve_api.add_argument("--run-id", help="the train run whose model to serve")
+    serve_api.add_argument("--model-uri", help="or a model URI: models:/NAME@ALIAS, models:/m-<id>, runs:/<id>/model")
+    serve_api.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve_api.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve_api.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    serve_api.add_argument("--worker-class", default="sync", help="gunicorn worker class (default: sync)")
+    serve_api.add_argument("--timeout", type=int, default=60, help="worker timeout in seconds")
+    serve_api.add_argument("--max-rows", type=int, default=100_000, help="rows allowed in one request")
+    serve_api.add_argument("--max-body-mb", type=float, default=50.0, help="largest request body (413 above)")
+    serve_api.add_argument(
+        "--unknown-columns", choices=("reject", "ignore"), default="reject", help="what to do with unknown columns"
+    )
+    serve_api.set_defaults(func=cmd_serve_api, recipe=None, data=None, overrides=[])
+
     runs = commands.add_parser("runs", help="a table of the experiment's runs, newest first")
     runs.add_argument("--stage", default="train", help="prepare | train | all (default: train)")
     runs.add_argument("--recipe-name", help="only runs of this recipe")
@@ -212,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("-q", "--quiet", action="store_true", help="print run ids only")
     runs.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/prod.yaml)")
     runs.set_defaults(func=cmd_runs, recipe=None, data=None, overrides=[])
+
+    batch = commands.add_parser("batch-inference", help="predict a CSV or Parquet file with a logged model")
+    batch.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/dev.yaml)")
+    model = batch.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run-id", help="the train run whose model to use")
+    model.add_argument("--model-uri", help="models:/<model_id>, models:/<name>@<alias> or runs:/<run_id>/model")
+    batch.add_argument("-d", "--data", dest="input", metavar="PATH", required=True, help="input rows, CSV or Parquet")
+    batch.add_argument("-o", "--output", metavar="FILE", required=True, help="predictions file: .parquet or .csv")
+    batch.add_argument("--chunk-rows", type=int, default=100_000, help="rows predicted at a time (default: 100000)")
+    batch.set_defaults(func=cmd_batch_inference, recipe=None, data=None, overrides=[])
     return parser
 
 

@@ -326,6 +326,7 @@ class TrainedModel:
     task: str
     estimator: Any
     classes: list[Any]
+    feature_means: list[float] | None = None  # train means of the encoded features (linear SHAP background)
 
     @property
     def class_path(self) -> str:
@@ -359,6 +360,7 @@ class TrainedModel:
             "task": self.task,
             "classes": self.classes,
             "file": filename,
+            "feature_means": self.feature_means,
             **extra,
         }
         (folder / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -381,7 +383,7 @@ class TrainedModel:
 
             # The file is our own output; its types are the fitted sklearn estimator's.
             estimator = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
-        return cls(family, task, estimator, info["classes"])
+        return cls(family, task, estimator, info["classes"], info.get("feature_means"))
 
 
 class _LightGBMBooster:

@@ -163,7 +163,8 @@ def run_train(config: Config) -> StageResult:
             config.recipe.model.early_stopping_rounds if family.early_stopping else None,
         )
         fit_seconds = time.perf_counter() - started
-        model = TrainedModel(family, task, fit.estimator, preprocessor.classes or [])
+        means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
+        model = TrainedModel(family, task, fit.estimator, preprocessor.classes or [], means)
         predictor = Predictor(preprocessor, model)
         by_split = {name: evaluate(predictor, x[name], y[name]) for name in data_lib.SPLITS}
         model_dir = config.resolve(config.paths.model_dir)

@@ -9,6 +9,7 @@ code, one-hot gives them all zeros.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,49 @@ class Preprocessor:
                 f"Input cannot be encoded ({' '.join(str(exc).split())[:200]}); check column types"
             ) from None
         return np.ascontiguousarray(matrix, dtype=np.float32)
+
+    def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Raw rows (dicts) -> the same matrix as :meth:`transform`, without building a frame.
+
+        The serving fast path for small requests: a few microseconds a row. Values must already be
+        validated (numbers for numeric columns, text or numbers for categorical ones, or None).
+        """
+        plan = self._row_plan()
+        matrix = np.zeros((len(rows), len(self.feature_names)), dtype=np.float32)
+        for i, row in enumerate(rows):
+            out = matrix[i]
+            for name, position, kind, lookup, fill, mean, std in plan:
+                value = row.get(name)
+                if kind == "numeric":
+                    number = float("nan") if value is None else float(value)
+                    if number != number and fill is not None:
+                        number = fill
+                    out[position] = number if mean is None else (number - mean) / std
+                elif kind == "onehot":
+                    index = lookup.get(str(value)) if value is not None else None
+                    if index is not None:
+                        out[position + index] = 1.0
+                else:
+                    code = lookup.get(str(value)) if value is not None else None
+                    out[position] = fill if code is None else code
+        return matrix
+
+    def _row_plan(self) -> list[tuple[str, int, str, dict[str, int], float | None, float | None, float | None]]:
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            plan, position = [], 0
+            for column in self.columns:
+                lookup = {level: i for i, level in enumerate(column.categories)}
+                if column.kind == "numeric":
+                    plan.append((column.name, position, "numeric", lookup, column.impute, column.mean, column.std))
+                elif column.encoding == "onehot":
+                    plan.append((column.name, position, "onehot", lookup, None, None, None))
+                else:
+                    missing = float("nan") if column.encoding == "native" else _ORDINAL_MISSING
+                    plan.append((column.name, position, "code", lookup, missing, None, None))
+                position += len(column.output_names())
+            self.__dict__["_plan"] = plan
+        return plan
 
     def encode_target(self, series: pl.Series) -> np.ndarray:
         if self.task == "regression":

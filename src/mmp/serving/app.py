@@ -1,0 +1,263 @@
+"""The Flask app: a few lines around :mod:`mmp.serving.protocol` for each route.
+
+Built by :func:`create_app` once per server worker, which loads the model once, at start.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from mmp.model_source import LocalModel, load_local
+from mmp.serving import protocol
+from mmp.serving.protocol import Limits, RequestError
+
+access_log = logging.getLogger("mmp.access")
+
+SCORING_ROUTES = ("/invocations", "/predict", "/explain")
+MODEL_DIR_ENV = "MMP_MODEL_DIR"
+TOKEN_ENV = "MMP_API_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_rows: int = 100_000
+    max_body_mb: float = 50.0
+    unknown_columns: str = "reject"  # reject | ignore
+    explain_top_k: int = 5
+
+    @classmethod
+    def from_env(cls) -> ServeSettings:
+        raw = json.loads(os.environ.get("MMP_SERVE_SETTINGS", "{}"))
+        return cls(**raw)
+
+
+def create_app(model_dir: str | Path | None = None, settings: ServeSettings | None = None) -> Flask:
+    """The WSGI app serving the model downloaded in ``model_dir`` (default: ``$MMP_MODEL_DIR``)."""
+    settings = settings or ServeSettings.from_env()
+    model = load_local(Path(model_dir or os.environ[MODEL_DIR_ENV]))
+    limits = Limits(max_rows=settings.max_rows, unknown_columns=settings.unknown_columns)
+    token = os.environ.get(TOKEN_ENV) or None
+    background = _background(model)
+
+    app = Flask("mmp.serving")
+    app.config["MAX_CONTENT_LENGTH"] = int(settings.max_body_mb * 1024 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["mmp.model"] = model
+    app.extensions["mmp.settings"] = settings
+
+    @app.before_request
+    def start() -> Response | None:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        g.rows = None
+        if token and request.path in SCORING_ROUTES and not _authorised(token):
+            return _error(
+                RequestError("A bearer token is required: Authorization: Bearer <token>", 401, "UNAUTHENTICATED")
+            )
+        return None
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        if response.status_code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        access_log.info(
+            json.dumps(
+                {
+                    "request_id": g.get("request_id"),
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+                    "rows": g.get("rows"),
+                    "remote": request.remote_addr,
+                }
+            )
+        )
+        return response
+
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError) -> Response:
+        return _error(exc)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = {413: "REQUEST_TOO_LARGE", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(
+            exc.code or 400, "BAD_REQUEST"
+        )
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = f"The body is larger than the {settings.max_body_mb:g} MB limit; send fewer rows per request"
+        return _error(RequestError(message, exc.code or 400, code))
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:  # never a stack trace to the client
+        logging.getLogger("mmp.serving").exception("request %s failed", g.get("request_id"))
+        return _error(RequestError(f"Internal error ({type(exc).__name__}); see the server log", 500, "INTERNAL_ERROR"))
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        content_type = (request.mimetype or "").lower()
+        if content_type == "application/json":
+            rows, params = protocol.rows_from_mlflow(_json_body())
+        elif content_type == "text/csv":
+            rows, params = _csv_rows(), {}
+        else:
+            raise RequestError(
+                f"Content type '{request.content_type or ''}' is not supported; use application/json or text/csv",
+                415,
+                "BAD_REQUEST",
+            )
+        g.rows = len(rows)
+        protocol.validate(rows, model.predictor, limits)
+        return _json(protocol.predict_mlflow(model.predictor, rows, params))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        _require_json()
+        rows, single = protocol.rows_from_predict(_json_body())
+        g.rows = len(rows)
+        protocol.validate(rows, model.predictor, limits)
+        predictions = protocol.predict_records(model.predictor, rows)
+        return _json(predictions[0] if single else {"predictions": predictions})
+
+    @app.post("/explain")
+    def explain() -> Response:
+        _require_json()
+        rows, single = protocol.rows_from_predict(_json_body())
+        g.rows = len(rows)
+        protocol.validate(rows, model.predictor, limits)
+        top_k = request.args.get("top_k", default=settings.explain_top_k, type=int)
+        from mmp.explain import ExplainError
+
+        try:
+            result = protocol.explain_records(model.predictor, rows, top_k, background)
+        except ExplainError as exc:
+            raise RequestError(str(exc), 422, "NOT_EXPLAINABLE") from None
+        return _json(result)
+
+    @app.get("/ping")
+    @app.get("/health")
+    def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/ready")
+    def ready() -> Response:
+        return _json({"status": "ready", "model_uri": model.card.model_uri})
+
+    @app.get("/version")
+    def version() -> Response:
+        from importlib import metadata
+
+        packages = ("mmp", "mlflow", "xgboost", "lightgbm", "scikit-learn", "polars")
+        versions = {}
+        for package in packages:
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                continue
+        return _json({"mmp": versions.get("mmp"), "packages": versions, "model_uri": model.card.model_uri})
+
+    @app.get("/metadata")
+    def metadata_route() -> Response:
+        return _json(metadata(model))
+
+    from mmp.serving.openapi import openapi_document
+    from mmp.serving.page import render_page
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return _json(openapi_document(model))
+
+    @app.get("/")
+    def index() -> Response:
+        return Response(render_page(metadata(model), token_required=bool(token)), mimetype="text/html")
+
+    return app
+
+
+def metadata(model: LocalModel) -> dict[str, Any]:
+    """Run, model class, recipe, training metrics and the input schema with types and categories."""
+    card, pre = model.card, model.predictor.preprocessor
+    schema = [
+        {
+            "name": column.name,
+            "type": "number" if column.kind == "numeric" else "string",
+            "nullable": column.nullable or column.impute is not None,
+            **({"categories": column.categories} if column.kind == "categorical" else {}),
+        }
+        for column in pre.columns
+    ]
+    return {
+        "run_id": card.run_id,
+        "model_uri": card.model_uri,
+        "model_class": card.model_class,
+        "recipe": card.recipe,
+        "data": card.data,
+        "task": model.predictor.task,
+        "target": pre.target,
+        "classes": [str(c) for c in model.predictor.classes] or None,
+        "metrics": card.metrics,
+        "top_features": [{"feature": name, "mean_abs_shap": value} for name, value in card.top_features],
+        "input_schema": schema,
+    }
+
+
+def _background(model: LocalModel) -> np.ndarray | None:
+    """Linear models are explained against the train means saved with the model."""
+    means = getattr(model.predictor.model, "feature_means", None)
+    return None if means is None else np.asarray(means, dtype=np.float32)[None, :]
+
+
+def _authorised(token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, supplied = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())
+
+
+def _require_json() -> None:
+    if (request.mimetype or "").lower() != "application/json":
+        raise RequestError(
+            f"Content type '{request.content_type or ''}' is not supported; send application/json", 415, "BAD_REQUEST"
+        )
+
+
+def _json_body() -> Any:
+    try:
+        return orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"The body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+
+
+def _csv_rows() -> list[dict[str, Any]]:
+    import io
+
+    import polars as pl
+
+    try:
+        frame = pl.read_csv(io.BytesIO(request.get_data(cache=False)), infer_schema_length=10_000)
+    except pl.exceptions.PolarsError as exc:
+        raise RequestError(f"The body is not valid CSV ({' '.join(str(exc).split())[:200]})") from None
+    return frame.to_dicts()
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, status=status, mimetype="application/json")
+
+
+def _error(exc: RequestError) -> Response:
+    return _json(exc.body(), exc.status)
