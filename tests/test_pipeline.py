@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import Project
+from conftest import BIN, Project
 
 pytestmark = pytest.mark.slow
 
@@ -236,3 +236,48 @@ def test_unsupported_explainer_fails_clearly(project: Project) -> None:
     assert errors and "No exact SHAP explainer for sklearn.neighbors.KNeighborsClassifier" in errors[0]
     assert "Traceback" not in result.stderr
     assert all(run.info.status != "RUNNING" for run in project.runs())
+
+
+def test_mlflow_ui_from_the_project_root_shows_the_runs(repro_project: Project) -> None:
+    """`mlflow ui` started in the project root with no flags finds the store."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=repro_project.root,
+        env=repro_project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        body = None
+        while time.monotonic() < deadline and body is None:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=mmp"
+                )
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    body = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "mlflow ui did not answer"
+        experiment_id = body["experiment"]["experiment_id"]
+        search = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
+            data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(search, timeout=10) as response:
+            runs = json.loads(response.read())["runs"]
+        stages = {tag["value"] for run in runs for tag in run["data"]["tags"] if tag["key"] == "mmp.stage"}
+        assert {"prepare", "train", "explain"} <= stages
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

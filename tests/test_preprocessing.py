@@ -145,3 +145,12 @@ def test_hyperparameters_are_checked() -> None:
     linear = resolve_params(FAMILIES["linear"], "regression", {"C": 1.0, "alpha": 2.0}, seed=0)
     assert linear == {"alpha": 2.0, "random_state": 0}
     assert resolve_params(FAMILIES["lightgbm"], "binary", {"feature_fraction": 0.8}, 1)["feature_fraction"] == 0.8
+
+
+@pytest.mark.parametrize("family", ["xgboost", "random_forest", "linear"])
+def test_row_encoding_matches_frame_transform(frame: pl.DataFrame, family: str) -> None:
+    """The serving fast path (dicts) and the batch path (Polars) give the same matrix."""
+    pre = fit(frame, family)
+    extra = pl.DataFrame({"age": [None, 41.0, float("nan")], "town": ["west", None, "north"], "label": ["no"] * 3})
+    rows = pl.concat([frame, extra])
+    np.testing.assert_array_equal(pre.encode_rows(rows.to_dicts()), pre.transform(rows))
