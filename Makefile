@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: help install demo test test-fast lint format params bench clean
+.PHONY: help install browser demo test test-fast lint format params bench clean
 
 help:
 	@echo "make demo      create .venv, install mmp, run the pipeline on the bundled titanic data"
@@ -26,6 +26,16 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium and its driver for tests/test_browser.py (Debian packages; CI runs as root on a fresh machine).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "chromium/chromedriver are missing and cannot be installed here (needs root and apt-get):"; \
+		echo "the browser tests will be skipped. Install the Debian packages chromium and chromium-driver."; \
+	fi
+
 demo: install
 	@test -f configs/dev.yaml || $(BIN)/mmp get-config --env-name dev
 	$(BIN)/dvc repro
@@ -41,7 +51,7 @@ demo: install
 	echo "  dvc exp show                             # compare experiments"; \
 	echo "  mmp train -c configs/dev.yaml -r recipes/xgb-baseline.yaml -d data/train.csv"
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -ra --durations=15
 
 test-fast: install

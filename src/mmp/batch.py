@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,36 +67,34 @@ def check_columns(schema: pl.Schema, predictor: Predictor, path: Path) -> None:
 
 def output_schema(predictor: Predictor, input_schema: pl.Schema) -> pl.Schema:
     """Id columns present in the input, ``prediction``, then ``proba_<class>`` per class (classifiers)."""
-    columns: dict[str, pl.DataType] = {
-        name: input_schema[name] for name in predictor.preprocessor.id_columns if name in input_schema
-    }
-    predicted = [PREDICTION_COLUMN]
-    columns[PREDICTION_COLUMN] = pl.Float64() if predictor.task == "regression" else pl.String()
-    if predictor.task != "regression":
-        for label in predictor.classes:
-            predicted.append(f"{PROBA_PREFIX}{label}")
-            columns[predicted[-1]] = pl.Float64()
-    clashes = [name for name in predicted if name in predictor.preprocessor.id_columns]
+    predicted: dict[str, pl.DataType] = {PREDICTION_COLUMN: pl.String()}
+    if predictor.task == "regression":
+        predicted[PREDICTION_COLUMN] = pl.Float64()
+    else:
+        predicted.update({f"{PROBA_PREFIX}{label}": pl.Float64() for label in predictor.classes})
+    id_columns = predictor.preprocessor.id_columns
+    clashes = [name for name in id_columns if name in predicted]
     if clashes:
         raise DataError(f"Id column(s) {', '.join(clashes)} clash with the prediction columns; rename them")
-    return pl.Schema(columns)
+    return pl.Schema({**{name: input_schema[name] for name in id_columns if name in input_schema}, **predicted})
 
 
 def predict_chunk(predictor: Predictor, chunk: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     """One chunk of raw rows -> its rows of the output (``schema`` from :func:`output_schema`)."""
     if chunk.height == 0:
         return pl.DataFrame(schema=schema)
-    out = chunk.select([name for name in schema.names() if name in predictor.preprocessor.id_columns])
+    columns = [chunk[name] for name in schema.names() if name in predictor.preprocessor.id_columns]
     if predictor.task == "regression":
-        return out.with_columns(pl.Series(PREDICTION_COLUMN, predictor.predict(chunk), dtype=pl.Float64))
+        columns.append(pl.Series(PREDICTION_COLUMN, predictor.predict(chunk), dtype=pl.Float64))
+        return pl.DataFrame(columns)
     proba = predictor.predict_proba(chunk)
     # The label is the most probable class, as in Predictor.predict; one model call gives both.
     labels = np.asarray(predictor.classes, dtype=object)[proba.argmax(axis=1)]
-    columns = [pl.Series(PREDICTION_COLUMN, labels, dtype=pl.String)]
+    columns.append(pl.Series(PREDICTION_COLUMN, labels, dtype=pl.String))
     columns += [
         pl.Series(f"{PROBA_PREFIX}{label}", proba[:, i], dtype=pl.Float64) for i, label in enumerate(predictor.classes)
     ]
-    return out.with_columns(columns)
+    return pl.DataFrame(columns)
 
 
 def iter_chunks(frame: pl.LazyFrame, chunk_rows: int, path: Path) -> Iterator[pl.DataFrame]:
@@ -107,8 +106,9 @@ def iter_chunks(frame: pl.LazyFrame, chunk_rows: int, path: Path) -> Iterator[pl
         except StopIteration:
             return
         except pl.exceptions.PolarsError as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise DataError(f"Input {path} cannot be parsed ({reason}); fix the file or the column types") from None
+            raise DataError(
+                f"Input {path} cannot be parsed ({_first_line(exc)}); fix the file or the column types"
+            ) from None
         yield chunk
 
 
@@ -149,9 +149,8 @@ class _ChunkWriter:
 def atomic_writer(path: Path, fmt: str, schema: pl.Schema) -> Iterator[_ChunkWriter]:
     """A writer to a scratch file next to ``path``, moved onto it on success and removed on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    scratch = Path(scratch_name)
+    # A unique name (two batches may target one file), created by the writer so the umask applies.
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         writer = _ChunkWriter(scratch, fmt, schema)
         try:
@@ -264,8 +263,7 @@ def _count_rows(frame: pl.LazyFrame, path: Path) -> int:
     try:
         return int(frame.select(pl.len()).collect().item())
     except pl.exceptions.PolarsError as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise DataError(f"Input {path} cannot be parsed ({reason}); fix the file") from None
+        raise DataError(f"Input {path} cannot be parsed ({_first_line(exc)}); fix the file") from None
 
 
 def _head(frame: pl.LazyFrame) -> Any:
@@ -274,3 +272,9 @@ def _head(frame: pl.LazyFrame) -> Any:
         return frame.head(5).collect().to_pandas()
     except pl.exceptions.PolarsError:
         return None
+
+
+def _first_line(exc: Exception) -> str:
+    """The gist of a Polars error (its later lines are hints about reader options mmp sets itself)."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:300]

@@ -201,12 +201,13 @@ def stage_run(
     import mlflow
 
     setup(config)
+    script = f"stages/{stage}.py"
     run_tags = {
         f"{TAG_PREFIX}stage": stage,
         f"{TAG_PREFIX}recipe": config.recipe.name,
         f"{TAG_PREFIX}data": config.data.name,
         f"{TAG_PREFIX}overrides": " ".join(effective_overrides(config))[:5000],
-        "mlflow.source.name": f"stages/{stage}.py",
+        "mlflow.source.name": script if (config.root / script).is_file() else current_command(),
         **git_tags(config.root),
         **dvc_tags(),
         **environment_tags(),

@@ -171,20 +171,25 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
                 continue
         return _json({"mmp": versions.get("mmp"), "packages": versions, "model_uri": model.card.model_uri})
 
-    @app.get("/metadata")
-    def metadata_route() -> Response:
-        return _json(metadata(model))
-
     from mmp.serving.openapi import openapi_document
     from mmp.serving.page import render_page
 
+    # Built once per worker: none of them change while the server runs.
+    card = metadata(model)
+    document = openapi_document(model, settings)
+    page = render_page(card, token_required=bool(token))
+
+    @app.get("/metadata")
+    def metadata_route() -> Response:
+        return _json(card)
+
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return _json(openapi_document(model))
+        return _json(document)
 
     @app.get("/")
     def index() -> Response:
-        return Response(render_page(metadata(model), token_required=bool(token)), mimetype="text/html")
+        return Response(page, mimetype="text/html")
 
     return app
 
