@@ -90,7 +90,7 @@ class Preprocessor:
             if categorical:
                 columns.append(_fit_categorical(series, encoding, family, settings.max_onehot_levels))
             else:
-                columns.append(_fit_numeric(series, imputation, scaling, family))
+                columns.append(_fit_numeric(series, imputation, scaling))
         return cls(target=target, task=task, classes=classes, id_columns=list(id_columns), columns=columns)
 
     # ----------------------------------------------------------------- applying
@@ -228,7 +228,7 @@ def _fit_categorical(series: pl.Series, encoding: str, family: ModelFamily, max_
     )
 
 
-def _fit_numeric(series: pl.Series, imputation: str, scaling: str, family: ModelFamily) -> ColumnState:
+def _fit_numeric(series: pl.Series, imputation: str, scaling: str) -> ColumnState:
     values = series.cast(pl.Float64)
     valid = values.drop_nulls().drop_nans()
     impute = None

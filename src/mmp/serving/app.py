@@ -121,25 +121,28 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
                 415,
                 "BAD_REQUEST",
             )
+        validated(rows)
+        return _json(protocol.predict_mlflow(model.predictor, rows, params))
+
+    def validated(rows: list[protocol.Row]) -> list[protocol.Row]:
         g.rows = len(rows)
         protocol.validate(rows, model.predictor, limits)
-        return _json(protocol.predict_mlflow(model.predictor, rows, params))
+        return rows
+
+    def json_records() -> tuple[list[protocol.Row], bool]:
+        _require_json()
+        rows, single = protocol.rows_from_predict(_json_body())
+        return validated(rows), single
 
     @app.post("/predict")
     def predict() -> Response:
-        _require_json()
-        rows, single = protocol.rows_from_predict(_json_body())
-        g.rows = len(rows)
-        protocol.validate(rows, model.predictor, limits)
+        rows, single = json_records()
         predictions = protocol.predict_records(model.predictor, rows)
         return _json(predictions[0] if single else {"predictions": predictions})
 
     @app.post("/explain")
     def explain() -> Response:
-        _require_json()
-        rows, single = protocol.rows_from_predict(_json_body())
-        g.rows = len(rows)
-        protocol.validate(rows, model.predictor, limits)
+        rows, _ = json_records()
         top_k = request.args.get("top_k", default=settings.explain_top_k, type=int)
         from mmp.explain import ExplainError
 
