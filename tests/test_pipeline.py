@@ -111,7 +111,7 @@ def test_exp_run_switches_recipe(repro_project: Project) -> None:
     train = repro_project.runs("train")[0]
     assert train.data.tags["mmp.recipe"] == "lgbm-tuned"
     assert train.data.tags["mmp.dvc.exp_name"] == "lgbm"
-    assert "recipe.name=lgbm-tuned" in train.data.tags["mmp.overrides"]
+    assert train.data.tags["mmp.overrides"] == "recipe=lgbm-tuned"
     shown = repro_project.dvc("exp", "show", "--json").stdout
     assert "lgbm" in shown
 

@@ -170,14 +170,23 @@ def effective_overrides(config: Config) -> list[str]:
         return list(config.overrides)
     from mmp.config import compose
 
+    # A recipe or data set that exists under conf/ is reported as the choice (recipe=lgbm-tuned);
+    # values are then compared with that choice's own defaults.
+    choices = [
+        f"{group}={name}"
+        for group, name in (("recipe", config.recipe.name), ("data", config.data.name))
+        if (config.root / "conf" / group / f"{name}.yaml").is_file()
+    ]
     try:
-        defaults = flatten(compose(config.root))
-    except Exception:
+        baseline = compose(config.root)
+        defaults = flatten(compose(config.root, choices))
+    except Exception:  # a best-effort tag must never fail a run
         return []
+    choices = [choice for choice in choices if baseline[choice.split("=")[0]]["name"] != choice.split("=")[1]]
     current = flatten(config.as_dict())
     changed = [f"{key}={value}" for key, value in current.items() if defaults.get(key, object()) != value]
     changed += [f"~{key}" for key in defaults if key not in current]
-    return changed
+    return choices + changed
 
 
 def params_of(config: Config) -> dict[str, str]:
