@@ -37,6 +37,7 @@ class ServeSettings:
     max_body_mb: float = 50.0
     unknown_columns: str = "reject"  # reject | ignore
     explain_top_k: int = 5
+    threads_per_worker: int = 1  # model threads in each worker process (one worker per core)
 
     @classmethod
     def from_env(cls) -> ServeSettings:
@@ -48,6 +49,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     """The WSGI app serving the model downloaded in ``model_dir`` (default: ``$MMP_MODEL_DIR``)."""
     settings = settings or ServeSettings.from_env()
     model = load_local(Path(model_dir or os.environ[MODEL_DIR_ENV]))
+    model.predictor.model.limit_threads(settings.threads_per_worker)
     limits = Limits(max_rows=settings.max_rows, unknown_columns=settings.unknown_columns)
     token = os.environ.get(TOKEN_ENV) or None
     background = _background(model)
