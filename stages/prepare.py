@@ -1,8 +1,6 @@
 """DVC stage 'prepare': reads the composed params.yaml (or composes conf/ with the Hydra overrides given)."""
 
-import sys
-
-from mmp.cli import stage_main
+from mmp.cli import exit_now, stage_main
 
 if __name__ == "__main__":
-    sys.exit(stage_main("prepare"))
+    exit_now(stage_main("prepare"))

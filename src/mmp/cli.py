@@ -15,6 +15,23 @@ log = logging.getLogger("mmp")
 _QUIET_LOGGERS = ("alembic", "mlflow", "urllib3", "git", "numexpr", "matplotlib", "shap")
 
 
+def _quiet_openmp() -> None:
+    """Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine, spinning threads made
+    XGBoost fits 3-13x slower whenever another process was busy, and were no faster when it was idle."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def exit_now(code: int) -> None:
+    """Exit without interpreter teardown (0.7-1.9 s of freeing a large heap), once output is flushed.
+
+    For the stage scripts only: their work is done and written when they get here.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -277,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_openmp()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -294,6 +312,7 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    _quiet_openmp()
     verbose = args.verbose or os.environ.get("MMP_VERBOSE") == "1"
     _setup_logging(verbose)
 

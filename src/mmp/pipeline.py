@@ -125,10 +125,16 @@ def load_prepared(config: Config) -> tuple[dict[str, Any], Preprocessor, dict[st
     return manifest, preprocessor, splits
 
 
-def evaluate(predictor: Predictor, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def model_output(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    """Class probabilities (classification) or predicted values (regression) for encoded rows."""
     if predictor.task == "regression":
-        return regression_metrics(y, predictor.model.predict_value(x))
-    return classification_metrics(y, predictor.model.predict_proba(x))
+        return predictor.model.predict_value(x)
+    return predictor.model.predict_proba(x)
+
+
+def evaluate(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    """The task's metrics from true labels and :func:`model_output`."""
+    return regression_metrics(y, output) if task == "regression" else classification_metrics(y, output)
 
 
 def run_train(config: Config) -> StageResult:
@@ -166,14 +172,15 @@ def run_train(config: Config) -> StageResult:
         means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
         model = TrainedModel(family, task, fit.estimator, preprocessor.classes or [], means)
         predictor = Predictor(preprocessor, model)
-        by_split = {name: evaluate(predictor, x[name], y[name]) for name in data_lib.SPLITS}
+        outputs = {name: model_output(predictor, x[name]) for name in data_lib.SPLITS}
+        by_split = {name: evaluate(task, y[name], outputs[name]) for name in data_lib.SPLITS}
         model_dir = config.resolve(config.paths.model_dir)
         with staged_dir(model_dir) as scratch:
             model.save(scratch, mlflow_run_id=run.info.run_id)
         metrics_file = config.resolve(config.paths.metrics_file)
         write_json_atomic(metrics_file, by_split)
         plots_dir = config.resolve(config.paths.plots_dir)
-        _write_evaluation_plots(plots_dir, predictor, x["test"], y["test"], fit)
+        _write_evaluation_plots(plots_dir, predictor, y["test"], outputs["test"], fit)
         _mirror_train(
             config, run, predictor, fit, by_split, splits["test"], model_dir, metrics_file, manifest, fit_seconds
         )
@@ -188,7 +195,9 @@ def run_train(config: Config) -> StageResult:
     return StageResult(run.info.run_id, [model_dir, metrics_file, plots_dir], by_split)
 
 
-def _write_evaluation_plots(folder: Path, predictor: Predictor, x: np.ndarray, y: np.ndarray, fit: FitResult) -> None:
+def _write_evaluation_plots(
+    folder: Path, predictor: Predictor, y: np.ndarray, output: np.ndarray, fit: FitResult
+) -> None:
     from mmp.plots import feature_importances, fold_importances, write_evaluation_plots
 
     pre, model = predictor.preprocessor, predictor.model
@@ -200,8 +209,8 @@ def _write_evaluation_plots(folder: Path, predictor: Predictor, x: np.ndarray, y
         task=predictor.task,
         classes=predictor.classes if classification else None,
         y_true=y,
-        proba=model.predict_proba(x) if classification else None,
-        predicted=None if classification else model.predict_value(x),
+        proba=output if classification else None,
+        predicted=None if classification else output,
         feature_names=names,
         importances=importances,
         history=fit.history,
