@@ -98,7 +98,11 @@ def make_block(
         + 0.35 * np.minimum(n_orders, 8) / 2.0
         + 0.6 * score * (dev == 0)
         + 0.15 * np.tanh(balance / 1500.0)
-        + fx["seg"][seg] + fx["dev"][dev] + fx["plan"][plan] + fx["reg"][reg] + fx["merch"][merch]
+        + fx["seg"][seg]
+        + fx["dev"][dev]
+        + fx["plan"][plan]
+        + fx["reg"][reg]
+        + fx["merch"][merch]
     )
     y = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(np.int8)
 

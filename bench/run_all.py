@@ -1,0 +1,103 @@
+"""Run the benchmarks, print one markdown table and write bench/results/*.json.
+
+    .venv/bin/python bench/run_all.py                 # cli, dvc, pipeline (about 10-13 min on 2 cores)
+    .venv/bin/python bench/run_all.py --quick         # smoke run: 100,000 rows, fewer repetitions
+    .venv/bin/python bench/run_all.py --only cli dvc  # a subset; `--only omp fit_eval` runs the two probes
+    .venv/bin/python bench/run_all.py --only serving  # HTTP serving under wrk (about 5 min; needs wrk)
+
+Benchmarks: cli (`mmp --help` vs `python -c pass`), dvc (no-op `dvc repro` vs a one-stage project),
+pipeline (prepare + train on 1,000,000 rows vs bench/plain_xgboost.py), and, on request, omp (XGBoost's
+fit under OpenMP's default wait policy vs PASSIVE), fit_eval (the cost of evaluating the train split every
+boosting round), and serving (`mmp serve-api` vs `mlflow models serve` and a bare Flask app under wrk, and
+a 10,000-row request vs in-process). Each measures its baseline in the same run and reports the ratio.
+Exit code 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import bench_cli
+import bench_dvc
+import bench_fit_eval
+import bench_omp
+import bench_pipeline
+import bench_serving
+from common import RESULTS_DIR, machine, markdown_table, save_result, say
+
+DEFAULT = ("cli", "dvc", "pipeline")
+ALL = (*DEFAULT, "omp", "fit_eval", "serving")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="+", choices=ALL, default=list(DEFAULT))
+    parser.add_argument("--quick", action="store_true", help="100,000 rows and fewer repetitions")
+    parser.add_argument("--rows", type=int, help="rows of the pipeline benchmark (default 1,000,000)")
+    parser.add_argument("--reps", type=int, help="repetitions of each side of the pipeline benchmark (default 3)")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiled mmp runs")
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=("passive", "default"),
+        default="passive",
+        help="OpenMP wait policy of the pipeline benchmark, both sides (default: passive, see bench_pipeline.py)",
+    )
+    args = parser.parse_args(argv)
+    rows = args.rows or (100_000 if args.quick else 1_000_000)
+    reps = args.reps or (2 if args.quick else 3)
+
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    table: list[list[str]] = []
+    if "cli" in args.only:
+        say("cli")
+        results["cli"] = bench_cli.run(5 if args.quick else 10)
+        table += bench_cli.table(results["cli"])
+    if "dvc" in args.only:
+        say("dvc")
+        results["dvc"] = bench_dvc.run(5 if args.quick else 10)
+        table += bench_dvc.table(results["dvc"])
+    if "pipeline" in args.only:
+        say(f"pipeline: {rows:,} rows, {reps} repetitions per side")
+        results["pipeline"] = bench_pipeline.run(rows, reps, args.profile, args.omp_wait_policy)
+        table += bench_pipeline.table(results["pipeline"])
+    if "omp" in args.only:
+        say("omp")
+        results["omp"] = bench_omp.run(100_000 if args.quick else 300_000, 1 if args.quick else 2)
+        table += bench_omp.table(results["omp"])
+    if "fit_eval" in args.only:
+        say("fit_eval")
+        results["fit_eval"] = bench_fit_eval.run(300_000 if args.quick else 1_000_000, 1 if args.quick else 2)
+        table += bench_fit_eval.table(results["fit_eval"])
+    if "serving" in args.only:
+        say("serving")
+        if args.quick:
+            results["serving"] = bench_serving.run(5.0, 1.0, pyfunc=False, retries=0)
+        else:
+            results["serving"] = bench_serving.run()
+        table += bench_serving.table(results["serving"])
+    for name, result in results.items():
+        save_result(name, result)
+
+    info = machine()
+    dirty = " (src/ modified)" if info["git"]["dirty"] else ""
+    print(
+        f"Measured {info['when']} on {info['cpus']} CPUs, Python {info['python']}, mmp at {info['git']['commit']}"
+        f"{dirty}, src/mmp sha256 {info['git']['src_sha256']}; {time.perf_counter() - started:.0f} s in all.\n"
+    )
+    print(markdown_table(table))
+    if "pipeline" in results:
+        print("\nPipeline details:\n")
+        print("\n".join(bench_pipeline.details(results["pipeline"])))
+    if "serving" in results:
+        print("\nServing details:\n")
+        print(bench_serving.details(results["serving"]))
+    say(f"results in {RESULTS_DIR}")
+    return 0 if all(row[-1] in ("PASS", "INFO") for row in table) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
