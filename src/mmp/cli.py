@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = commands.add_parser("batch-inference", help="predict a CSV or Parquet file with a logged model")
     batch.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/dev.yaml)")
-    model = batch.add_mutually_exclusive_group(required=True)
+    model = batch.add_mutually_exclusive_group()
     model.add_argument("--run-id", help="the train run whose model to use")
     model.add_argument("--model-uri", help="models:/<model_id>, models:/<name>@<alias> or runs:/<run_id>/model")
     batch.add_argument("-d", "--data", dest="input", metavar="PATH", required=True, help="input rows, CSV or Parquet")
