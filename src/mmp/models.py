@@ -6,9 +6,12 @@ Heavy libraries are imported only when a model is built or loaded.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ import numpy as np
 from mmp.errors import ConfigError
 
 MODEL_INFO_FILE = "model_info.json"
+LARGE_BATCH_ROWS = 1_000  # a prediction this large uses every core even where threads are limited
+_PROBABILITY_OBJECTIVES = ("binary:logistic", "multi:softprob")
 
 
 @dataclass(frozen=True)
@@ -357,14 +362,44 @@ class TrainedModel:
             estimator.set_params(n_jobs=threads)
         if self.family.name == "xgboost":
             estimator.get_booster().set_param({"nthread": threads})
+        self._threads = threads
+
+    @contextlib.contextmanager
+    def _batch_threads(self, rows: int) -> Iterator[None]:
+        """Every core for a large batch: its work dwarfs an OpenMP team's start-up (10,000 rows: 71 -> 38 ms)."""
+        limit = getattr(self, "_threads", 0)
+        cores = os.cpu_count() or 1
+        if not limit or limit >= cores or rows < LARGE_BATCH_ROWS:
+            yield
+            return
+        self.limit_threads(cores)
+        try:
+            yield
+        finally:
+            self.limit_threads(limit)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes``."""
+        with self._batch_threads(len(x)):
+            return self._predict_proba(x)
+
+    def _predict_proba(self, x: np.ndarray) -> np.ndarray:
+        estimator = self.estimator
+        # The booster itself (XGBClassifier.predict_proba adds ~85 us a call), for the objectives whose
+        # raw prediction is the probability.
+        if self.family.name == "xgboost" and estimator.get_params().get("objective") in _PROBABILITY_OBJECTIVES:
+            try:
+                iterations = (0, estimator.best_iteration + 1)
+            except AttributeError:
+                iterations = (0, 0)
+            proba = estimator.get_booster().inplace_predict(x, iteration_range=iterations)
+            return np.column_stack([1.0 - proba, proba]) if proba.ndim == 1 else proba
         return np.asarray(self.estimator.predict_proba(x))
 
     def predict_value(self, x: np.ndarray) -> np.ndarray:
         """Regression predictions."""
-        return np.asarray(self.estimator.predict(x), dtype=float)
+        with self._batch_threads(len(x)):
+            return np.asarray(self.estimator.predict(x), dtype=float)
 
     def save(self, folder: Path, **extra: Any) -> None:
         """Write the native model file and ``model_info.json`` (plus ``extra`` fields, e.g. the run id)."""

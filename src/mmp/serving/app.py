@@ -114,7 +114,12 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     def invocations() -> Response:
         content_type = (request.mimetype or "").lower()
         if content_type == "application/json":
-            rows, params = protocol.rows_from_mlflow(_json_body())
+            payload = _json_body()
+            fast = protocol.matrix_from_split(payload, model.predictor, limits)
+            if fast is not None:
+                g.rows = len(fast[0])
+                return _json(protocol.predict_mlflow_matrix(model.predictor, *fast))
+            rows, params = protocol.rows_from_mlflow(payload)
         elif content_type == "text/csv":
             rows, params = _csv_rows(), {}
         else:

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from mmp.predictor import Predictor
 from mmp.preprocessing import ColumnState
 
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+FRAME_MIN_ROWS = 1_000  # dataframe_split bodies this large are checked and encoded column-wise
 PREDICT_METHODS = ("predict", "predict_proba")
 
 
@@ -109,6 +111,54 @@ def _record_rows(data: Any, key: str) -> list[Row]:
     return data
 
 
+def matrix_from_split(payload: Any, predictor: Predictor, limits: Limits) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A large, valid ``dataframe_split`` body -> (feature matrix, params), checked and encoded column-wise.
+
+    None for anything else, or at the first doubt: the row-wise path then scores it or names the problem.
+    """
+    if not isinstance(payload, dict) or "dataframe_split" not in payload:
+        return None
+    if set(payload) - {"dataframe_split", "params"}:
+        return None
+    data, params = payload["dataframe_split"], payload.get("params") or {}
+    if not isinstance(data, dict) or not isinstance(params, dict):
+        return None
+    names, values = data.get("columns"), data.get("data")
+    if not isinstance(names, list) or not isinstance(values, list):
+        return None
+    if not FRAME_MIN_ROWS <= len(values) <= limits.max_rows:
+        return None
+    width = len(names)
+    if len(set(names)) != width or any(type(row) is not list or len(row) != width for row in values):
+        return None
+    pre = predictor.preprocessor
+    known = {column.name for column in pre.columns}
+    if limits.unknown_columns == "reject" and not set(names) <= known:
+        return None
+    by_name = dict(zip(names, zip(*values, strict=True), strict=True))
+    series = []
+    for column in pre.columns:
+        cells = by_name.get(column.name)
+        if cells is None:
+            return None
+        types = set(map(type, cells))
+        has_null = type(None) in types
+        if has_null and not (column.nullable or column.impute is not None):
+            return None
+        if column.kind == "numeric":
+            if not types <= {int, float, type(None)}:
+                return None
+            numbers = pl.Series(column.name, cells, dtype=pl.Float64)
+            if float in types and (numbers.is_infinite().any() or numbers.is_nan().any()):
+                return None
+            series.append(numbers)
+        elif types <= {str, type(None)}:
+            series.append(pl.Series(column.name, cells, dtype=pl.String))
+        else:
+            return None  # numbers in a categorical column: the row path's str() is the reference
+    return pre.transform(pl.DataFrame(series)), params
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -156,10 +206,14 @@ def _check_value(column: ColumnState, value: Any, where: str) -> None:
 
 def predict_mlflow(predictor: Predictor, rows: list[Row], params: dict[str, Any]) -> dict[str, Any]:
     """The MLflow response: what ``pyfunc.load_model(...).predict`` returns, JSON-encoded."""
+    return predict_mlflow_matrix(predictor, predictor.preprocessor.encode_rows(rows), params)
+
+
+def predict_mlflow_matrix(predictor: Predictor, x: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
+    """:func:`predict_mlflow` from an encoded feature matrix."""
     method = params.get("predict_method", "predict")
     if method not in PREDICT_METHODS:
         raise RequestError(f"params.predict_method must be one of {', '.join(PREDICT_METHODS)}, got {method!r}")
-    x = predictor.preprocessor.encode_rows(rows)
     if predictor.task == "regression":
         return {"predictions": predictor.model.predict_value(x).tolist()}
     proba = predictor.model.predict_proba(x)
