@@ -26,6 +26,8 @@ def exit_now(code: int) -> None:
 
     For the stage scripts only: their work is done and written when they get here.
     """
+    if "joblib.externals.loky" in sys.modules:
+        sys.exit(code)  # a parallel sweep: joblib's exit handlers remove its shared-memory folders
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -38,14 +40,19 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "[mmp] %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:
+        quiet_warnings()
+
+
+def quiet_warnings() -> None:
+    """Library chatter off: warnings and INFO logs of MLflow and friends (also in sweep job processes)."""
+    import warnings
+
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    if not verbose:
-        import warnings
-
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.*")
 
 
 def _guarded(action: Callable[[], Any], verbose: bool) -> int:
@@ -188,7 +195,15 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
     config = _config_from(args)
     stage = None if args.stage == "all" else args.stage
-    runs = find_runs(config, RunQuery(stage=stage, recipe=args.recipe_name, sort=args.sort, limit=args.limit))
+    query = RunQuery(
+        stage=stage,
+        recipe=args.recipe_name,
+        sweep=args.sweep,
+        dvc_exp=args.dvc_exp,
+        sort=args.sort,
+        limit=args.limit,
+    )
+    runs = find_runs(config, query)
     if args.quiet:
         print("\n".join(run.info.run_id for run in runs))
         return
@@ -197,6 +212,13 @@ def cmd_runs(args: argparse.Namespace) -> None:
         return
     metrics = args.metrics.split(",") if args.metrics else default_metrics(runs)
     print(format_table(runs, metrics))
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Hydra multirun over the pipeline: ``mmp sweep recipe=a,b`` is ``python stages/train.py -m recipe=a,b``."""
+    from mmp.multirun import run_multirun
+
+    run_multirun(args.overrides, command=" ".join(["mmp sweep", *args.overrides]))
 
 
 def cmd_batch_inference(args: argparse.Namespace) -> None:
@@ -270,14 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve_api.set_defaults(func=cmd_serve_api, recipe=None, data=None, overrides=[])
 
     runs = commands.add_parser("runs", help="a table of the experiment's runs, newest first")
-    runs.add_argument("--stage", default="train", help="prepare | train | all (default: train)")
+    runs.add_argument(
+        "--stage", default="train", help="prepare | train | explain | sweep | tune | all (default: train)"
+    )
     runs.add_argument("--recipe-name", help="only runs of this recipe")
+    runs.add_argument("--sweep", metavar="SWEEP_ID", help="only the jobs of this sweep or search (multirun/<id>)")
+    runs.add_argument("--dvc-exp", metavar="NAME", help="only runs of this DVC experiment")
     runs.add_argument("--sort", metavar="METRIC", help="sort by a metric, best first (e.g. test_roc_auc)")
     runs.add_argument("--metrics", help="comma-separated metric columns")
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("-q", "--quiet", action="store_true", help="print run ids only")
     runs.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/prod.yaml)")
     runs.set_defaults(func=cmd_runs, recipe=None, data=None, overrides=[])
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="a Hydra multirun: one job per combination, each a child MLflow run of one parent run",
+        description="Run prepare (reused when unchanged), train and explain for every combination of the "
+        "swept overrides. Same as `python stages/train.py -m OVERRIDES`.",
+        epilog="examples:\n  mmp sweep recipe=xgb-baseline,lgbm-tuned,rf-experiment\n"
+        "  mmp sweep recipe=lgbm-tuned 'recipe.model.params.num_leaves=15,31,63' hydra/launcher=joblib",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("overrides", nargs="+", metavar="KEY=VALUES", help="Hydra overrides; a,b,c or range() sweeps")
+    sweep.set_defaults(func=cmd_sweep)
 
     batch = commands.add_parser("batch-inference", help="predict a CSV or Parquet file with a logged model")
     batch.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/dev.yaml)")
@@ -310,6 +348,9 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog=f"stages/{stage}.py", description=f"The {stage} stage.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "-m", "--multirun", action="store_true", help="sweep (train only): prepare, train and explain per job"
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     _quiet_openmp()
@@ -319,7 +360,15 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
     def action() -> None:
         from mmp import pipeline
         from mmp.config import load_config
+        from mmp.errors import ConfigError
 
+        if args.multirun:
+            if stage != "train":
+                raise ConfigError(f"-m sweeps run the whole pipeline per job: use stages/train.py -m, not {stage}")
+            from mmp.multirun import run_multirun
+
+            run_multirun(args.overrides, command=" ".join([f"stages/{stage}.py -m", *args.overrides]))
+            return
         config = load_config(args.overrides, from_params=not args.overrides)
         getattr(pipeline, f"run_{stage}")(config)
 

@@ -11,7 +11,7 @@ import difflib
 import importlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,8 +258,13 @@ def build_and_fit(
     y_valid: np.ndarray,
     categorical_indices: list[int],
     early_stopping_rounds: int | None,
+    on_iteration: Callable[[int, float], None] | None = None,
 ) -> FitResult:
-    """Build the library estimator and fit it, early-stopping on the valid split where supported."""
+    """Build the library estimator and fit it, early-stopping on the valid split where supported.
+
+    ``on_iteration(step, valid_score)`` gets the valid split's eval metric after every boosting
+    round (XGBoost and LightGBM); it may raise to stop the fit (a pruned search trial).
+    """
     cls = load_class(class_path(family, task))
     kwargs = dict(params)
     fit_kwargs: dict[str, Any] = {}
@@ -277,6 +282,8 @@ def build_and_fit(
         # seconds and changes nothing (early stopping watches the last set, valid).
         sample = _curve_sample(len(x_train))
         fit_kwargs.update(eval_set=[(x_train[sample], y_train[sample]), (x_valid, y_valid)], verbose=False)
+        if on_iteration:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _xgboost_reporter(on_iteration)]
     elif family.name == "lightgbm":
         import lightgbm
 
@@ -284,6 +291,8 @@ def build_and_fit(
         callbacks = [lightgbm.record_evaluation(history)]
         if early_stopping_rounds:
             callbacks.append(lightgbm.early_stopping(early_stopping_rounds, verbose=False))
+        if on_iteration:
+            callbacks.append(_lightgbm_reporter(on_iteration))
         fit_kwargs.update(
             eval_X=(x_train, x_valid), eval_y=(y_train, y_valid), eval_names=["train", "valid"], callbacks=callbacks
         )
@@ -302,6 +311,29 @@ def build_and_fit(
             raise ConfigError(f"Invalid hyperparameter in recipe.model.params: {message}") from None
         raise
     return FitResult(estimator, _best_iteration(family, estimator), _history(family, estimator, fit_kwargs))
+
+
+def _xgboost_reporter(on_iteration: Callable[[int, float], None]) -> Any:
+    import xgboost
+
+    class Reporter(xgboost.callback.TrainingCallback):
+        def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
+            valid = evals_log.get("validation_1") or {}
+            if valid:
+                on_iteration(epoch, float(next(iter(valid.values()))[-1]))
+            return False
+
+    return Reporter()
+
+
+def _lightgbm_reporter(on_iteration: Callable[[int, float], None]) -> Callable[[Any], None]:
+    def report(env: Any) -> None:
+        for data_name, _metric, value, _higher_better in env.evaluation_result_list:
+            if data_name == "valid":
+                on_iteration(env.iteration, float(value))
+                return
+
+    return report
 
 
 _CURVE_ROWS = 50_000

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mmp.config import Config, flatten, tracking_root
 from mmp.errors import TrackingError
+from mmp.outputs import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +78,49 @@ def setup(config: Config) -> str:
 
     uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
     mlflow.set_tracking_uri(uri)
-    name = config.mlflow.experiment_name
     try:
-        experiment = mlflow.get_experiment_by_name(name)
-        if experiment is None:
-            artifact_location = None
-            if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
-                artifact_location = (store_root / config.mlflow.artifact_location / _safe(name)).resolve().as_uri()
-            try:
-                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
-            except mlflow.exceptions.MlflowException:
-                # Another process (a parallel sweep job) created it first.
-                experiment = mlflow.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-                experiment_id = experiment.experiment_id
-        else:
-            experiment_id = experiment.experiment_id
+        with _store_lock(uri):
+            experiment_id = _experiment_id(config, uri, store_root)
         mlflow.set_experiment(experiment_id=experiment_id)
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(_tracking_failure(uri, exc)) from None
     return experiment_id
+
+
+def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
+    """The configured experiment's id, created (with mmp's artifact location) on first use."""
+    import mlflow
+
+    name = config.mlflow.experiment_name
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    artifact_location = None
+    if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
+        artifact_location = (store_root / config.mlflow.artifact_location / _safe(name)).resolve().as_uri()
+    try:
+        return str(mlflow.create_experiment(name, artifact_location=artifact_location))
+    except mlflow.exceptions.MlflowException:
+        # Another process (a remote client, or a job without the file lock) created it first.
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store across processes.
+
+    MLflow creates and migrates the schema of a new mlflow.db on first use; parallel sweep jobs or
+    queued DVC experiments doing that at once corrupt it ("duplicate column", alembic version errors).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri[len("sqlite:///") :])
+    with file_lock(database.with_name(database.name + ".lock")):
+        yield
 
 
 def _tracking_failure(uri: str, exc: Exception) -> str:
@@ -198,20 +222,18 @@ def params_of(config: Config) -> dict[str, str]:
 # --------------------------------------------------------------------------- runs
 
 
-@contextlib.contextmanager
-def stage_run(
-    config: Config,
-    stage: str,
-    *,
-    tags: dict[str, str] | None = None,
-    parent_run_id: str | None = None,
-) -> Iterator[Any]:
-    """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises."""
-    import mlflow
+@dataclass(frozen=True)
+class RunContext:
+    """Where a stage run sits: its parent (a sweep or a job's train run) and extra tags (sweep id, job)."""
 
-    setup(config)
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def common_tags(config: Config, stage: str) -> dict[str, str]:
+    """The tags of every mmp run: stage, recipe, data, overrides, source, git, DVC and versions."""
     script = f"stages/{stage}.py"
-    run_tags = {
+    return {
         f"{TAG_PREFIX}stage": stage,
         f"{TAG_PREFIX}recipe": config.recipe.name,
         f"{TAG_PREFIX}data": config.data.name,
@@ -220,11 +242,29 @@ def stage_run(
         **git_tags(config.root),
         **dvc_tags(),
         **environment_tags(),
-        **(tags or {}),
     }
-    if parent_run_id:
-        run_tags["mlflow.parentRunId"] = parent_run_id
+
+
+@contextlib.contextmanager
+def stage_run(
+    config: Config,
+    stage: str,
+    *,
+    tags: dict[str, str] | None = None,
+    context: RunContext | None = None,
+) -> Iterator[Any]:
+    """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises."""
+    import mlflow
+
+    setup(config)
+    run_tags = {**common_tags(config, stage), **(tags or {})}
+    if context:
+        run_tags.update(context.tags)
+        if context.parent_run_id:
+            run_tags["mlflow.parentRunId"] = context.parent_run_id
     run_name = f"{stage}-{config.recipe.name}"
+    if job := run_tags.get(f"{TAG_PREFIX}sweep_job"):
+        run_name = f"{run_name}-job{job}"
     if exp_name := os.environ.get("DVC_EXP_NAME"):
         run_name = f"{run_name}-{exp_name}"
     try:
