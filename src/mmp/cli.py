@@ -48,6 +48,7 @@ def quiet_warnings() -> None:
     """Library chatter off: warnings and INFO logs of MLflow and friends (also in sweep job processes)."""
     import warnings
 
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow resets its logger's level on import
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -221,6 +222,26 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     run_multirun(args.overrides, command=" ".join(["mmp sweep", *args.overrides]))
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    """Seeded Optuna search over recipes/search/<recipe>.yaml; the best trial becomes a recipe file."""
+    from mmp.multirun import report
+    from mmp.tune import run_tune
+
+    result = run_tune(
+        args.overrides,
+        command=" ".join(["mmp tune", *sys.argv[2:]]),
+        space_file=Path(args.space) if args.space else None,
+        n_trials=args.n_trials,
+        seed=args.seed,
+        output=Path(args.output) if args.output else None,
+    )
+    report(result.summary, result.summary_folder)
+    if result.recipe_file:
+        name = result.recipe_file.stem
+        print(f"best configuration: {result.recipe_file}")
+        print(f"  dvc exp run -S recipe={name}      # or: mmp compose recipe={name} -o params.yaml && dvc repro")
+
+
 def cmd_batch_inference(args: argparse.Namespace) -> None:
     """Predict a CSV or Parquet file with a logged model; the batch is recorded as an MLflow run."""
     from mmp.batch import run_batch_inference
@@ -316,6 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("overrides", nargs="+", metavar="KEY=VALUES", help="Hydra overrides; a,b,c or range() sweeps")
     sweep.set_defaults(func=cmd_sweep)
+
+    tune = commands.add_parser(
+        "tune",
+        help="Bayesian hyperparameter search (Optuna): one child run per trial, the best written as a recipe",
+        description="Search the space in recipes/search/<recipe>.yaml with a seeded TPE sampler; boosted "
+        "models are pruned on their per-round validation loss.",
+        epilog="example:\n  mmp tune recipe=lgbm-tuned --n-trials 20 --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, e.g. recipe=lgbm-tuned")
+    tune.add_argument("--n-trials", type=int, help="trials to run (default: the search file's n_trials)")
+    tune.add_argument("--seed", type=int, help="sampler seed (default: the search file's seed)")
+    tune.add_argument("--space", metavar="FILE", help="search space file (default: recipes/search/<recipe>.yaml)")
+    tune.add_argument("--output", metavar="FILE", help="best recipe file (default: recipes/<recipe>-best.yaml)")
+    tune.set_defaults(func=cmd_tune)
 
     batch = commands.add_parser("batch-inference", help="predict a CSV or Parquet file with a logged model")
     batch.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/dev.yaml)")

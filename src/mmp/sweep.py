@@ -24,7 +24,7 @@ from typing import Any
 
 from mmp import tracking
 from mmp.config import Config, from_dict
-from mmp.errors import MmpError, TrackingError
+from mmp.errors import MmpError, Pruned, TrackingError
 from mmp.metrics import LOWER_IS_BETTER, flat_metrics, primary_metric
 from mmp.outputs import file_lock, read_json, write_json_atomic, write_text_atomic
 
@@ -131,6 +131,13 @@ def parent_guard(sweep: Sweep) -> Iterator[None]:
         raise
 
 
+def prepared_task(config: Config) -> str:
+    """The task (binary, multiclass, regression) the prepare stage found in the data."""
+    from mmp.pipeline import MANIFEST_FILE
+
+    return str(read_json(config.resolve(config.paths.prepared_dir) / MANIFEST_FILE)["task"])
+
+
 @dataclass(frozen=True)
 class Summary:
     jobs: list[JobResult]
@@ -149,9 +156,14 @@ def collect(folder: Path) -> list[JobResult]:
 
 
 def ranking_metric(sweep: Sweep, config: Config, jobs: list[JobResult]) -> str:
+    """The sweep's metric, or else the recipe's primary metric on the valid split."""
     if sweep.metric:
         return sweep.metric
     task = next((job.task for job in jobs if job.task), "binary")
+    return default_metric(config, task)
+
+
+def default_metric(config: Config, task: str) -> str:
     return f"valid_{primary_metric(task, config.recipe.metrics.primary)}"
 
 
@@ -279,7 +291,7 @@ def run_job(
 
     A failing job is recorded (status FAILED, the error) and does not stop the sweep. ``raw`` is the
     composed config or a function composing it (so that a bad job's config error is recorded too).
-    Exceptions from ``on_iteration`` other than mmp's errors (a pruned trial) are re-raised.
+    ``on_iteration`` may raise :class:`Pruned` to stop an unpromising trial (status PRUNED).
     """
     from mmp.explain import ExplainError
     from mmp.pipeline import run_explain, run_train
@@ -290,7 +302,7 @@ def run_job(
     try:
         config = from_dict(raw() if callable(raw) else raw, root=root, overrides=tuple(overrides))
         config = job_paths(prepared(config, sweep), folder)
-        result.task = read_json(config.resolve(config.paths.prepared_dir) / "manifest.json")["task"]
+        result.task = prepared_task(config)
         trained = run_train(config, sweep.job_context(job, overrides), on_iteration)
         result.run_id, result.metrics, result.status = trained.run_id, flat_metrics(trained.metrics), "FINISHED"
         if explain:
@@ -298,13 +310,13 @@ def run_job(
                 run_explain(config, sweep.job_context(job, overrides, parent_run_id=trained.run_id))
             except ExplainError as exc:
                 log.warning("job %d: explain skipped: %s", job, exc)
+    except Pruned as exc:
+        result.status, result.run_id, result.error = "PRUNED", exc.run_id, str(exc)
+        log.info("job %d (%s): %s", job, " ".join(overrides), exc)
     except MmpError as exc:
         result.error = str(exc)
         log.error("job %d (%s) failed: %s", job, " ".join(overrides), exc)
     except Exception as exc:
-        if on_iteration is not None and type(exc).__name__ == "TrialPruned":
-            result.status = "PRUNED"
-            raise
         result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
         log.exception("job %d (%s) failed", job, " ".join(overrides))
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmp.config import Config, flatten, tracking_root
-from mmp.errors import TrackingError
+from mmp.errors import Pruned, TrackingError
 from mmp.outputs import file_lock
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,11 @@ def stage_run(
         mlflow.log_params(params_of(config))
         yield run
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Pruned)) else "FAILED"
+        if isinstance(exc, Pruned):
+            exc.run_id = run.info.run_id
+            with contextlib.suppress(Exception):
+                mlflow.set_tag(f"{TAG_PREFIX}pruned", "true")
         with contextlib.suppress(Exception):
             mlflow.set_tag(f"{TAG_PREFIX}error", " ".join(str(exc).split())[:1000])
         with contextlib.suppress(Exception):
