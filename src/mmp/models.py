@@ -337,6 +337,7 @@ def _lightgbm_reporter(on_iteration: Callable[[int, float], None]) -> Callable[[
 
 
 _CURVE_ROWS = 50_000
+_CORES = os.cpu_count() or 1
 
 
 def _curve_sample(n: int) -> slice | np.ndarray:
@@ -400,11 +401,10 @@ class TrainedModel:
     def _batch_threads(self, rows: int) -> Iterator[None]:
         """Every core for a large batch: its work dwarfs an OpenMP team's start-up (10,000 rows: 71 -> 38 ms)."""
         limit = getattr(self, "_threads", 0)
-        cores = os.cpu_count() or 1
-        if not limit or limit >= cores or rows < LARGE_BATCH_ROWS:
+        if not limit or limit >= _CORES or rows < LARGE_BATCH_ROWS:
             yield
             return
-        self.limit_threads(cores)
+        self.limit_threads(_CORES)
         try:
             yield
         finally:
@@ -416,17 +416,29 @@ class TrainedModel:
             return self._predict_proba(x)
 
     def _predict_proba(self, x: np.ndarray) -> np.ndarray:
-        estimator = self.estimator
-        # The booster itself (XGBClassifier.predict_proba adds ~85 us a call), for the objectives whose
-        # raw prediction is the probability.
-        if self.family.name == "xgboost" and estimator.get_params().get("objective") in _PROBABILITY_OBJECTIVES:
-            try:
-                iterations = (0, estimator.best_iteration + 1)
-            except AttributeError:
-                iterations = (0, 0)
-            proba = estimator.get_booster().inplace_predict(x, iteration_range=iterations)
+        if plan := self._booster_plan():
+            booster, iterations = plan
+            proba = booster.inplace_predict(x, iteration_range=iterations)
             return np.column_stack([1.0 - proba, proba]) if proba.ndim == 1 else proba
         return np.asarray(self.estimator.predict_proba(x))
+
+    def _booster_plan(self) -> tuple[Any, tuple[int, int]] | None:
+        """XGBoost's booster and iteration range, for the objectives whose raw prediction is the probability.
+
+        XGBClassifier.predict_proba adds ~85 us a call, and its get_params() ~300 us: both are looked up
+        once, not per request.
+        """
+        if "_plan" not in self.__dict__:
+            plan = None
+            estimator = self.estimator
+            if self.family.name == "xgboost" and estimator.get_params().get("objective") in _PROBABILITY_OBJECTIVES:
+                try:
+                    iterations = (0, estimator.best_iteration + 1)
+                except AttributeError:
+                    iterations = (0, 0)
+                plan = (estimator.get_booster(), iterations)
+            self.__dict__["_plan"] = plan
+        return self.__dict__["_plan"]
 
     def predict_value(self, x: np.ndarray) -> np.ndarray:
         """Regression predictions."""
