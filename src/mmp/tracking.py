@@ -202,15 +202,23 @@ def effective_overrides(config: Config) -> list[str]:
         if (config.root / "conf" / group / f"{name}.yaml").is_file()
     ]
     try:
-        baseline = compose(config.root)
         defaults = flatten(compose(config.root, choices))
+        default_choices = _default_choices(config.root)
     except Exception:  # a best-effort tag must never fail a run
         return []
-    choices = [choice for choice in choices if baseline[choice.split("=")[0]]["name"] != choice.split("=")[1]]
+    choices = [choice for choice in choices if default_choices.get(choice.split("=")[0]) != choice.split("=")[1]]
     current = flatten(config.as_dict())
     changed = [f"{key}={value}" for key, value in current.items() if defaults.get(key, object()) != value]
     changed += [f"~{key}" for key in defaults if key not in current]
     return choices + changed
+
+
+def _default_choices(root: Path) -> dict[str, str]:
+    """The group choices of conf/config.yaml's defaults list ({"recipe": "xgb-baseline", ...})."""
+    import yaml
+
+    defaults = yaml.safe_load((root / "conf" / "config.yaml").read_text(encoding="utf-8")).get("defaults", [])
+    return {key: str(value) for entry in defaults if isinstance(entry, dict) for key, value in entry.items()}
 
 
 def params_of(config: Config) -> dict[str, str]:
