@@ -21,7 +21,7 @@ def _quiet_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _import_in_background(module: str) -> None:
+def import_in_background(module: str) -> None:
     """Start importing ``module`` (MLflow: 1.7-3 s) on a thread while the stage reads its data.
 
     numpy, polars and pandas are imported first, here: the two threads then share few modules, so
@@ -395,8 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     _setup_logging(args.verbose)
-    if args.command in ("prepare", "train"):
-        _import_in_background("mlflow")
+    if args.command in ("prepare", "train", "sweep", "tune"):
+        import_in_background("mlflow")
     return _guarded(lambda: args.func(args), args.verbose)
 
 
@@ -417,7 +417,7 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
     verbose = args.verbose or os.environ.get("MMP_VERBOSE") == "1"
     _setup_logging(verbose)
 
-    _import_in_background("mlflow")
+    import_in_background("mlflow")
 
     def action() -> None:
         from mmp import pipeline

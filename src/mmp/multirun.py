@@ -19,6 +19,7 @@ from mmp.config import CONFIG_DIR, CONFIG_NAME, load_config, project_root
 from mmp.errors import ConfigError, MmpError
 
 log = logging.getLogger(__name__)
+_worker_ready = False
 
 
 def run_multirun(overrides: Sequence[str], command: str) -> sweeps.Summary:
@@ -112,9 +113,13 @@ def hydra_job(cfg: Any) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from mmp.cli import quiet_warnings
+    from mmp.cli import import_in_background, quiet_warnings
 
-    quiet_warnings()
+    global _worker_ready
+    if not _worker_ready:  # once per process: a joblib worker starts with nothing imported
+        quiet_warnings()
+        import_in_background("mlflow")
+        _worker_ready = True
     hydra_config = HydraConfig.get()
     sweep = sweeps.Sweep.from_env()
     overrides = list(hydra_config.overrides.task)
