@@ -259,9 +259,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
     )
     report(result.summary, result.summary_folder)
     if result.recipe_file:
-        name = result.recipe_file.stem
         print(f"best configuration: {result.recipe_file}")
-        print(f"  dvc exp run -S recipe={name}      # or: mmp compose recipe={name} -o params.yaml && dvc repro")
+        print(f"  {result.use_commands[0]}")
+        print(f"  {result.use_commands[1]}")
 
 
 def cmd_batch_inference(args: argparse.Namespace) -> None:

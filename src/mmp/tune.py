@@ -105,6 +105,15 @@ class TuneResult:
     summary_folder: Path
     recipe_file: Path | None
     trial_params: list[dict[str, Any]]
+    use_commands: tuple[str, str] = ("", "")  # how to run the best recipe: dvc exp run, and compose + repro
+
+
+def use_commands(recipe: str, overrides: list[str]) -> tuple[str, str]:
+    """The commands that run ``recipe`` with the search's other settings (data=..., seed=...)."""
+    others = [o for o in overrides if not o.lstrip("+~").startswith("recipe")]
+    experiment = " ".join(["dvc exp run", f"-S recipe={recipe}", *(f"-S {o}" for o in others)])
+    repro = " ".join(["mmp compose", f"recipe={recipe}", *others, "-o params.yaml && dvc repro"])
+    return experiment, repro
 
 
 def run_tune(
@@ -153,10 +162,11 @@ def run_tune(
         recipe_file = None
         if summary.best is not None:
             recipe_file = write_best_recipe(
-                root, config.recipe.name, objective.params_of[summary.best.job], space, summary, output
+                root, config.recipe.name, objective.params_of[summary.best.job], space, summary, output, overrides
             )
     params = [objective.params_of[job.job] for job in summary.jobs]
-    return TuneResult(summary, folder, recipe_file, params)
+    commands = use_commands(recipe_file.stem, overrides) if recipe_file else ("", "")
+    return TuneResult(summary, folder, recipe_file, params, commands)
 
 
 def _pruner(space: SearchSpace) -> Any:
@@ -228,6 +238,7 @@ def write_best_recipe(
     space: SearchSpace,
     summary: sweeps.Summary,
     output: Path | None,
+    overrides: list[str],
 ) -> Path:
     """The base recipe with the best trial's values, as ``recipes/<recipe>-best.yaml`` (or ``output``)."""
     name = f"{recipe}-best" if output is None else output.stem
@@ -247,7 +258,7 @@ def write_best_recipe(
     header = (
         f"# Best of {len(summary.jobs)} trials of `mmp tune` on recipe {recipe} (seed {space.seed}):\n"
         f"# {summary.metric} = {best.score(summary.metric)}, MLflow run {best.run_id}.\n"
-        f"# Use it: dvc exp run -S recipe={name}   (or: mmp compose recipe={name} -o params.yaml && dvc repro)\n"
+        "# Use it: {}\n#     or: {}\n".format(*use_commands(name, overrides))
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(header + dump_yaml(document), encoding="utf-8")
