@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import BIN, MlflowServer, Project, free_port, make_project, start_server
+from conftest import BIN, MLFLOW_ADMIN_PASSWORD, MlflowServer, Project, free_port, make_project, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -66,11 +66,11 @@ class Team:
 
 
 @contextlib.contextmanager
-def logged_in() -> Iterator[None]:
-    """The test process's own MLflow client logs in as the team user inside the block."""
+def logged_in(user: str = USER, password: str = PASSWORD) -> Iterator[None]:
+    """The test process's own MLflow client logs in as ``user`` (the team user) inside the block."""
     keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     saved = {key: os.environ.get(key) for key in keys}
-    os.environ.update(MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
     try:
         yield
     finally:
@@ -215,6 +215,35 @@ def test_system_check_against_the_server(team: Team) -> None:
     assert "-> fix: start it" in status["connectivity"]
     assert status["packages"].startswith("OK")
     assert "failed (connectivity)" in one_error_line(result)
+
+
+def test_read_only_user_is_told_to_ask_for_edit_permission(team: Team) -> None:
+    """The server's default permission is READ: a second user may look at the team's experiment, not write."""
+    from mlflow.server import get_app_client
+
+    bob = {"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": f"bob-{secrets.token_hex(8)}"}
+    team.server.create_user("bob", bob["MLFLOW_TRACKING_PASSWORD"])
+    refused = f"User 'bob' may not write to experiment '{EXPERIMENT}' at {team.server.url}"
+    result = team.mmp("system-check", "-c", "configs/prod.yaml", **bob)
+    status = {line.split()[1]: line for line in result.stdout.splitlines()}
+    assert status["login"].startswith("OK") and "user 'bob'" in status["login"]
+    assert status["experiment"].startswith(f"FAIL  experiment    {refused} -> fix: ask an MLflow admin for EDIT")
+
+    prepared = team.project.root / "data" / "prepared" / "manifest.json"
+    before = (prepared.stat().st_mtime_ns, len(team.runs()))
+    error = one_error_line(team.mmp("train", "-c", "configs/prod.yaml", **bob))
+    assert refused in error and "EDIT permission" in error
+    assert (prepared.stat().st_mtime_ns, len(team.runs())) == before  # nothing written, no run left behind
+
+    with logged_in("admin", MLFLOW_ADMIN_PASSWORD):
+        experiment_id = team.client().get_experiment_by_name(EXPERIMENT).experiment_id
+        get_app_client("basic-auth", tracking_uri=team.server.url).grant_user_permission(
+            "bob", "experiment", experiment_id, "EDIT"
+        )
+    result = team.mmp("system-check", "-c", "configs/prod.yaml", **bob)
+    assert result.returncode == 0, result.stdout
+    # With EDIT but not MANAGE, bob may not delete the check's run; the check says so instead of failing.
+    assert "deleting runs needs MANAGE permission" in result.stdout
 
 
 # --------------------------------------------------------------------------- the server dies mid-stage
