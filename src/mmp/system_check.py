@@ -22,6 +22,7 @@ from mmp.errors import MmpError
 from mmp.redaction import redact
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
+CHECKS = ("connectivity", "login", "experiment", "artifacts", "packages", "mirrors")  # in the order they run
 _PROBE_FILE = "mmp_system_check.txt"
 
 
