@@ -83,13 +83,20 @@ def test_system_check_and_mirror_on_the_local_store(project: Project) -> None:
 
     # A store that cannot be created: the check says where, and what to do.
     (project.root / "configs").mkdir(exist_ok=True)
-    (project.root / "configs" / "nowhere.yaml").write_text("mlflow:\n  tracking_uri: sqlite:////no/such/dir/m.db\n")
+    store = project.root / "README.md" / "store" / "m.db"  # under a file: no one can create that, root included
+    (project.root / "configs" / "nowhere.yaml").write_text(f"mlflow:\n  tracking_uri: sqlite:///{store}\n")
     result = project.mmp("system-check", "-c", "configs/nowhere.yaml", check=False)
     assert result.returncode != 0
     first = result.stdout.splitlines()[0]
-    assert first.startswith("FAIL  connectivity  store /no/such/dir/m.db does not exist and /no/such/dir")
-    assert "-> fix: make /no/such/dir writable by your user" in first
+    assert first.startswith(f"FAIL  connectivity  store {store} cannot be created: {project.root / 'README.md'} is")
+    assert "-> fix: point mlflow.tracking_uri at a folder you may write to" in first
     assert result.stderr.strip().startswith("mmp: error: 1 check(s) failed (connectivity)")
+    result = project.mmp("train", "-c", "configs/nowhere.yaml", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"mmp: error: MLflow store sqlite:///{store} cannot be opened; its folder must exist and be writable by you "
+        "(check the permissions of a mounted folder)"
+    )
 
 
 @pytest.mark.slow

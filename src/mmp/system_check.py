@@ -122,10 +122,13 @@ def _connectivity(uri: str) -> str:
             if not os.access(path, os.R_OK | os.W_OK):
                 raise _Failed(f"store {path} is not readable and writable by you", f"fix the permissions of {path}")
             return f"local store {path}"
-        if not os.access(path.parent, os.W_OK):
+        # MLflow creates missing folders: what matters is the nearest one that exists.
+        ancestor = next(folder for folder in path.parents if folder.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
             raise _Failed(
-                f"store {path} does not exist and {path.parent} is not writable",
-                f"make {path.parent} writable by your user (a mounted folder keeps the host's owner)",
+                f"store {path} cannot be created: {ancestor} is not a writable folder",
+                "point mlflow.tracking_uri at a folder you may write to, or make it writable by your user "
+                "(a mounted folder keeps the host's owner)",
             )
         return f"local store {path} does not exist yet; the first run creates it"
     return f"store {uri}"

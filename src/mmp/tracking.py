@@ -21,6 +21,7 @@ from typing import Any
 
 from mmp.config import Config, flatten, tracking_root
 from mmp.errors import TrackingError
+from mmp.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def setup(config: Config) -> str:
         else:
             experiment_id = experiment.experiment_id
         mlflow.set_experiment(experiment_id=experiment_id)
-    except mlflow.exceptions.MlflowException as exc:
+    except Exception as exc:  # everything here talks to the store: any failure is the store's
         raise TrackingError(describe_failure(uri, exc, name)) from None
     return experiment_id
 
@@ -139,8 +140,6 @@ def is_store_failure(exc: BaseException) -> bool:
 
 def describe_failure(uri: str, exc: BaseException, experiment: str | None = None) -> str:
     """One line naming the store, the user and the fix; never the password."""
-    from mmp.redaction import redact
-
     uri = redact(uri)
     text = " ".join(str(exc).split())
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
@@ -166,7 +165,8 @@ def describe_failure(uri: str, exc: BaseException, experiment: str | None = None
             )
     if status is not None and status >= 500:
         return f"MLflow server {uri} answered HTTP {status}; see the server's log"
-    if "unable to open database file" in text:
+    local = not uri.startswith(("http://", "https://"))
+    if "unable to open database file" in text or (local and isinstance(exc, OSError)):
         return (
             f"MLflow store {uri} cannot be opened; its folder must exist and be writable by you "
             "(check the permissions of a mounted folder)"
@@ -301,7 +301,7 @@ def stage_run(
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         with contextlib.suppress(Exception):
-            mlflow.set_tag(f"{TAG_PREFIX}error", " ".join(str(exc).split())[:1000])
+            mlflow.set_tag(f"{TAG_PREFIX}error", redact(" ".join(str(exc).split()))[:1000])
         with contextlib.suppress(Exception):
             mlflow.end_run(status=status)
         raise
@@ -366,8 +366,6 @@ def mirror(
 
 def loggable_config(config: Config) -> dict[str, Any]:
     """The composed config as logged to MLflow (``config.yaml``): credentials in a URI masked."""
-    from mmp.redaction import redact
-
     raw = config.as_dict()
     raw["mlflow"] = {**raw["mlflow"], "tracking_uri": redact(raw["mlflow"]["tracking_uri"])}
     return raw
