@@ -4,12 +4,14 @@
     .venv/bin/python bench/run_all.py --quick         # smoke run: 100,000 rows, fewer repetitions
     .venv/bin/python bench/run_all.py --only cli dvc  # a subset; `--only omp fit_eval` runs the two probes
     .venv/bin/python bench/run_all.py --only serving  # HTTP serving under wrk (about 5 min; needs wrk)
+    .venv/bin/python bench/run_all.py --only sweep    # a 4-job sweep in parallel vs in a row; per-run overhead
 
 Benchmarks: cli (`mmp --help` vs `python -c pass`), dvc (no-op `dvc repro` vs a one-stage project),
 pipeline (prepare + train on 1,000,000 rows vs bench/plain_xgboost.py), and, on request, omp (XGBoost's
 fit under OpenMP's default wait policy vs PASSIVE), fit_eval (the cost of evaluating the train split every
 boosting round), and serving (`mmp serve-api` vs `mlflow models serve` and a bare Flask app under wrk, and
-a 10,000-row request vs in-process). Each measures its baseline in the same run and reports the ratio.
+a 10,000-row request vs in-process), and sweep (a 4-job joblib sweep vs the same jobs one after another, and
+the tracking overhead of one train run). Each measures its baseline in the same run and reports the ratio.
 Exit code 1 if a target is missed.
 """
 
@@ -26,10 +28,11 @@ import bench_fit_eval
 import bench_omp
 import bench_pipeline
 import bench_serving
+import bench_sweep
 from common import RESULTS_DIR, machine, markdown_table, save_result, say
 
 DEFAULT = ("cli", "dvc", "pipeline")
-ALL = (*DEFAULT, "omp", "fit_eval", "serving")
+ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             results["serving"] = bench_serving.run()
         table += bench_serving.table(results["serving"])
+    if "sweep" in args.only:
+        say("sweep")
+        results["sweep"] = bench_sweep.run(1 if args.quick else 2)
+        table += bench_sweep.table(results["sweep"])
     for name, result in results.items():
         save_result(name, result)
 
@@ -92,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "pipeline" in results:
         print("\nPipeline details:\n")
         print("\n".join(bench_pipeline.details(results["pipeline"])))
+    if "sweep" in results:
+        print("\nSweep: where a train run's time goes:\n")
+        print(bench_sweep.details(results["sweep"]))
     if "serving" in results:
         print("\nServing details:\n")
         print(bench_serving.details(results["serving"]))

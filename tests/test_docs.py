@@ -1,10 +1,11 @@
 """Every command in the guides works as written.
 
-Commands are taken from the fenced shell blocks of the MLflow guide (English and Korean), the README and the
-configuration reference, and each is parsed by its real tool in this process: mmp by `mmp.cli.build_parser()`,
-mlflow by its click commands, dvc by its argparse parser (stricter than `--help`: options and arguments are
-checked too), docker-compose against docker-compose.yml's services and profiles. Files a command names (a
-config, a recipe, a data set) must exist in the repository or be written by an earlier command of the guide.
+Commands are taken from the fenced shell blocks of the MLflow guide (English and Korean), the README, the
+configuration reference and the experiments guide, and each is parsed by its real tool in this process: mmp by
+`mmp.cli.build_parser()`, mlflow by its click commands, dvc by its argparse parser (stricter than `--help`:
+options and arguments are checked too), docker-compose against docker-compose.yml's services and profiles;
+`python <script>` must name a script of the repository. Files a command names (a config, a recipe, a data set)
+must exist in the repository or be written by an earlier command of the guide.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import yaml
 from conftest import REPO
 
 GUIDE, GUIDE_KO = REPO / "docs" / "mlflow.md", REPO / "docs" / "mlflow.ko.md"
-DOCUMENTS = [GUIDE, GUIDE_KO, REPO / "README.md", REPO / "docs" / "configuration.md"]
+DOCUMENTS = [GUIDE, GUIDE_KO, REPO / "README.md", REPO / "docs" / "configuration.md", REPO / "docs" / "experiments.md"]
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _SHELL = {"bash", "sh", "shell", "console"}
 _ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
-CHECKED = {"mmp", "mlflow", "dvc", "docker-compose"}
 # Other tools the guides use; anything else is a typo or a tool nobody installs.
 OTHER_TOOLS = {"cd", "cp", "curl", "git", "make", "pip", "source", "export", "unset", "sudo"}
 
@@ -132,6 +132,8 @@ def test_every_command_works_as_written(document: Path) -> None:
             check_dvc(argv)
         elif tool == "docker-compose":
             check_docker_compose(env, argv)
+        elif tool == "python" and argv[1:2] and argv[1].endswith(".py"):
+            assert (REPO / argv[1]).is_file(), f"{document.name}: {argv[1]} does not exist"
         else:
             assert tool in OTHER_TOOLS, f"{document.name}: unknown command '{tool}' in: {as_text(env, argv)}"
             continue

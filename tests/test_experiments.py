@@ -35,6 +35,38 @@ def test_queued_experiments_land_in_the_project_store(project: Project) -> None:
     assert all(run.info.status == "FINISHED" for run in runs)
     assert all(str(project.root / "mlruns") in run.info.artifact_uri for run in runs)
     assert not list((project.root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
+    for exp in experiments:
+        data = exp["revs"][0]["data"]
+        assert data["params"]["params.yaml"]["data"]["recipe"]["name"] in {"xgb-baseline", "lgbm-tuned"}
+        assert data["metrics"]["metrics.json"]["data"]["test"]["roc_auc"] > 0.8
+
+    # `mmp runs --dvc-exp` finds an experiment's runs and tags them with the experiment's own commit.
+    name = sorted(names)[0]
+    commit = project.git("rev-parse", f"refs/exps/{_exp_ref(project, name)}").stdout.strip()
+    listed = project.mmp("runs", "--dvc-exp", name, "--stage", "all").stdout
+    assert f"exp {name}" in listed
+    [train] = [run for run in project.runs("train") if run.data.tags["mmp.dvc.exp_name"] == name]
+    assert train.data.tags["mmp.dvc.exp_commit"] == commit
+    assert train.data.tags["mmp.dvc.exp_baseline_rev"] == project.git("rev-parse", "HEAD").stdout.strip()
+
+    # `dvc exp branch`, then a fresh clone of that branch reproduces the experiment's metrics.
+    expected = (project.root / ".." / "expected.json").resolve()
+    expected.write_text(project.git("show", f"{commit}:metrics.json").stdout)
+    project.dvc("exp", "branch", name, "better-model")
+    clone = Project(project.root.parent / "clone", project.env)
+    project.run("git", "clone", "-q", "--branch", "better-model", str(project.root), str(clone.root))
+    out = clone.dvc("repro").stdout
+    assert "Running stage 'train'" in out
+    assert json.loads((clone.root / "metrics.json").read_text()) == json.loads(expected.read_text())
+    # Same params and data; only outputs that hold the new MLflow run id (models/) change.
+    assert clone.dvc("params", "diff").stdout.strip() == ""
+    assert clone.dvc("metrics", "diff").stdout.strip() == ""
+
+
+def _exp_ref(project: Project, name: str) -> str:
+    refs = project.git("for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    [ref] = [ref for ref in refs if ref.endswith(f"/{name}")]
+    return ref.removeprefix("refs/exps/")
 
 
 def test_same_config_gives_identical_metrics(project: Project) -> None:

@@ -19,3 +19,9 @@ class DataError(MmpError):
 
 class TrackingError(MmpError):
     """The MLflow store cannot be reached or written."""
+
+
+class Pruned(Exception):
+    """A search trial stopped early by the pruner. Its MLflow run ends KILLED, tagged ``mmp.pruned``."""
+
+    run_id: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,9 @@ class StageResult:
 # --------------------------------------------------------------------------- prepare
 
 
-def run_prepare(config: Config) -> StageResult:
+def run_prepare(config: Config, context: tracking.RunContext | None = None) -> StageResult:
     """Load, validate and split the data; fit preprocessing on the train split."""
-    tracking.setup(config)  # bad credentials or an unreachable server fail here, before any data work
+    tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     family = check_model_name(config.recipe.model.name)
     data_cfg = config.data
     data_path = config.resolve(data_cfg.path)
@@ -75,7 +76,7 @@ def run_prepare(config: Config) -> StageResult:
     digest = data_lib.file_digest(data_path)
     rows = {name: part.height for name, part in parts.items()}
     tags = {f"{tracking.TAG_PREFIX}task": cleaned.task, f"{tracking.TAG_PREFIX}data_digest": digest}
-    with tracking.stage_run(config, "prepare", tags=tags) as run:
+    with tracking.stage_run(config, "prepare", tags=tags, context=context) as run:
         manifest = {
             "prepare_run_id": run.info.run_id,
             "data": {"name": data_cfg.name, "path": str(data_cfg.path), "digest": digest},
@@ -147,9 +148,16 @@ def evaluate(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
     return regression_metrics(y, output) if task == "regression" else classification_metrics(y, output)
 
 
-def run_train(config: Config) -> StageResult:
-    """Fit the recipe's model on the train split, early-stop on valid, evaluate every split."""
-    tracking.setup(config)  # bad credentials or an unreachable server fail here, before any data work
+def run_train(
+    config: Config,
+    context: tracking.RunContext | None = None,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> StageResult:
+    """Fit the recipe's model on the train split, early-stop on valid, evaluate every split.
+
+    ``on_iteration(step, valid_loss)`` is called after each boosting round (search pruning).
+    """
+    tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     family = check_model_name(config.recipe.model.name)
     manifest, preprocessor, splits = load_prepared(config)
     task = manifest["task"]
@@ -166,7 +174,7 @@ def run_train(config: Config) -> StageResult:
         f"{tracking.TAG_PREFIX}model_class": model_class,
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
     }
-    with tracking.stage_run(config, "train", tags=tags) as run:
+    with tracking.stage_run(config, "train", tags=tags, context=context) as run:
         started = time.perf_counter()
         fit = build_and_fit(
             family,
@@ -178,6 +186,7 @@ def run_train(config: Config) -> StageResult:
             y["valid"],
             preprocessor.categorical_indices,
             config.recipe.model.early_stopping_rounds if family.early_stopping else None,
+            on_iteration,
         )
         fit_seconds = time.perf_counter() - started
         means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
@@ -315,12 +324,12 @@ _BACKGROUND_ROWS = 1000
 _PROGRESS_ROWS = 20_000
 
 
-def run_explain(config: Config) -> StageResult:
+def run_explain(config: Config, context: tracking.RunContext | None = None) -> StageResult:
     """SHAP values for a seeded sample of the test split, logged into the train run they explain."""
     from mmp.explain import explain, explainer_name
     from mmp.models import MODEL_INFO_FILE
 
-    tracking.setup(config)  # bad credentials or an unreachable server fail here, before any data work
+    tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     manifest, preprocessor, splits = load_prepared(config)
     model_dir = config.resolve(config.paths.model_dir)
     if not (model_dir / MODEL_INFO_FILE).is_file():
@@ -339,7 +348,7 @@ def run_explain(config: Config) -> StageResult:
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
         f"{tracking.TAG_PREFIX}explainer": explainer,
     }
-    with tracking.stage_run(config, "explain", tags=tags) as run:
+    with tracking.stage_run(config, "explain", tags=tags, context=context) as run:
         started = time.perf_counter()
         explanation = explain(
             model,

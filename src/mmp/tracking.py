@@ -15,12 +15,14 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mmp.config import Config, flatten, tracking_root
-from mmp.errors import TrackingError
+from mmp.errors import Pruned, TrackingError
+from mmp.outputs import file_lock
 from mmp.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -79,27 +81,85 @@ def setup(config: Config) -> str:
 
     uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
     mlflow.set_tracking_uri(uri)
-    name = config.mlflow.experiment_name
     try:
-        experiment = mlflow.get_experiment_by_name(name)
-        if experiment is None:
-            artifact_location = None
-            if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
-                artifact_location = (store_root / config.mlflow.artifact_location / _safe(name)).resolve().as_uri()
-            try:
-                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
-            except mlflow.exceptions.MlflowException:
-                # Another process (a parallel sweep job) created it first.
-                experiment = mlflow.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-                experiment_id = experiment.experiment_id
-        else:
-            experiment_id = experiment.experiment_id
+        with _store_lock(uri):
+            experiment_id = _experiment_id(config, uri, store_root)
         mlflow.set_experiment(experiment_id=experiment_id)
     except Exception as exc:  # everything here talks to the store: any failure is the store's
-        raise TrackingError(describe_failure(uri, exc, name)) from None
+        raise TrackingError(describe_failure(uri, exc, config.mlflow.experiment_name)) from None
     return experiment_id
+
+
+def preflight(config: Config) -> None:
+    """Fail at once on a tracking server that is down or refuses our login: one plain HTTP request.
+
+    Stages call this before any data work. It does not import MLflow (seconds), which meanwhile loads
+    in the background while the stage reads its data; local stores need no check here.
+    """
+    store_root = tracking_root(config.root)
+    load_dotenv(store_root)
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    name = config.mlflow.experiment_name
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    headers = {}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    verify: bool | str = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    if verify and (cert := os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")):
+        verify = cert
+    try:
+        response = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": name},
+            auth=(user, password) if user and password else None,
+            headers=headers,
+            timeout=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")),
+            verify=verify,
+        )
+    except requests.RequestException as exc:
+        raise TrackingError(describe_failure(uri, exc, name)) from None
+    if response.status_code in (401, 403) or response.status_code >= 500:
+        raise TrackingError(describe_failure(uri, Exception(f"error code {response.status_code}"), name))
+
+
+def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
+    """The configured experiment's id, created (with mmp's artifact location) on first use."""
+    import mlflow
+
+    name = config.mlflow.experiment_name
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    artifact_location = None
+    if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
+        artifact_location = (store_root / config.mlflow.artifact_location / _safe(name)).resolve().as_uri()
+    try:
+        return str(mlflow.create_experiment(name, artifact_location=artifact_location))
+    except mlflow.exceptions.MlflowException:
+        # Another process (a remote client, or a job without the file lock) created it first.
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store across processes.
+
+    MLflow creates and migrates the schema of a new mlflow.db on first use; parallel sweep jobs or
+    queued DVC experiments doing that at once corrupt it ("duplicate column", alembic version errors).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri[len("sqlite:///") :])
+    with file_lock(database.with_name(database.name + ".lock")):
+        yield
 
 
 # --------------------------------------------------------------------------- failures
@@ -241,15 +301,23 @@ def effective_overrides(config: Config) -> list[str]:
         if (config.root / "conf" / group / f"{name}.yaml").is_file()
     ]
     try:
-        baseline = compose(config.root)
         defaults = flatten(compose(config.root, choices))
+        default_choices = _default_choices(config.root)
     except Exception:  # a best-effort tag must never fail a run
         return []
-    choices = [choice for choice in choices if baseline[choice.split("=")[0]]["name"] != choice.split("=")[1]]
+    choices = [choice for choice in choices if default_choices.get(choice.split("=")[0]) != choice.split("=")[1]]
     current = flatten(config.as_dict())
     changed = [f"{key}={value}" for key, value in current.items() if defaults.get(key, object()) != value]
     changed += [f"~{key}" for key in defaults if key not in current]
     return choices + changed
+
+
+def _default_choices(root: Path) -> dict[str, str]:
+    """The group choices of conf/config.yaml's defaults list ({"recipe": "xgb-baseline", ...})."""
+    import yaml
+
+    defaults = yaml.safe_load((root / "conf" / "config.yaml").read_text(encoding="utf-8")).get("defaults", [])
+    return {key: str(value) for entry in defaults if isinstance(entry, dict) for key, value in entry.items()}
 
 
 def params_of(config: Config) -> dict[str, str]:
@@ -265,13 +333,36 @@ class MirrorDeferred(Exception):
     """The store failed while a finished stage was being mirrored; its outputs stay, a record is pending."""
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Where a stage run sits: its parent (a sweep or a job's train run) and extra tags (sweep id, job)."""
+
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def common_tags(config: Config, stage: str) -> dict[str, str]:
+    """The tags of every mmp run: stage, recipe, data, overrides, source, git, DVC and versions."""
+    script = f"stages/{stage}.py"
+    return {
+        f"{TAG_PREFIX}stage": stage,
+        f"{TAG_PREFIX}recipe": config.recipe.name,
+        f"{TAG_PREFIX}data": config.data.name,
+        f"{TAG_PREFIX}overrides": " ".join(effective_overrides(config))[:5000],
+        "mlflow.source.name": script if (config.root / script).is_file() else current_command(),
+        **git_tags(config.root),
+        **dvc_tags(),
+        **environment_tags(),
+    }
+
+
 @contextlib.contextmanager
 def stage_run(
     config: Config,
     stage: str,
     *,
     tags: dict[str, str] | None = None,
-    parent_run_id: str | None = None,
+    context: RunContext | None = None,
     resume_run_id: str | None = None,
 ) -> Iterator[Any]:
     """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises.
@@ -286,9 +377,12 @@ def stage_run(
         if resume_run_id:
             run = mlflow.start_run(run_id=resume_run_id)
         else:
-            run = mlflow.start_run(
-                run_name=_run_name(config, stage), tags=_run_tags(config, stage, tags, parent_run_id)
-            )
+            run_tags = {**common_tags(config, stage), **(tags or {})}
+            if context:
+                run_tags.update(context.tags)
+                if context.parent_run_id:
+                    run_tags["mlflow.parentRunId"] = context.parent_run_id
+            run = mlflow.start_run(run_name=_run_name(config, stage, run_tags), tags=run_tags)
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(describe_failure(mlflow.get_tracking_uri(), exc, config.mlflow.experiment_name)) from None
     try:
@@ -299,7 +393,11 @@ def stage_run(
         with contextlib.suppress(Exception):
             mlflow.end_run(status="FAILED")  # if the store is back already; `mmp mirror` resumes it either way
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Pruned)) else "FAILED"
+        if isinstance(exc, Pruned):
+            exc.run_id = run.info.run_id
+            with contextlib.suppress(Exception):
+                mlflow.set_tag(f"{TAG_PREFIX}pruned", "true")
         with contextlib.suppress(Exception):
             mlflow.set_tag(f"{TAG_PREFIX}error", redact(" ".join(str(exc).split()))[:1000])
         with contextlib.suppress(Exception):
@@ -310,26 +408,10 @@ def stage_run(
             mlflow.end_run(status="FINISHED")
 
 
-def _run_tags(config: Config, stage: str, tags: dict[str, str] | None, parent_run_id: str | None) -> dict[str, str]:
-    script = f"stages/{stage}.py"
-    run_tags = {
-        f"{TAG_PREFIX}stage": stage,
-        f"{TAG_PREFIX}recipe": config.recipe.name,
-        f"{TAG_PREFIX}data": config.data.name,
-        f"{TAG_PREFIX}overrides": " ".join(effective_overrides(config))[:5000],
-        "mlflow.source.name": script if (config.root / script).is_file() else current_command(),
-        **git_tags(config.root),
-        **dvc_tags(),
-        **environment_tags(),
-        **(tags or {}),
-    }
-    if parent_run_id:
-        run_tags["mlflow.parentRunId"] = parent_run_id
-    return run_tags
-
-
-def _run_name(config: Config, stage: str) -> str:
+def _run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
     run_name = f"{stage}-{config.recipe.name}"
+    if job := run_tags.get(f"{TAG_PREFIX}sweep_job"):
+        run_name = f"{run_name}-job{job}"
     if exp_name := os.environ.get("DVC_EXP_NAME"):
         run_name = f"{run_name}-{exp_name}"
     return run_name

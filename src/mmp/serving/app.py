@@ -77,7 +77,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
         if response.status_code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         access_log.info(
-            json.dumps(
+            orjson.dumps(
                 {
                     "request_id": g.get("request_id"),
                     "method": request.method,
@@ -87,7 +87,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
                     "rows": g.get("rows"),
                     "remote": request.remote_addr,
                 }
-            )
+            ).decode()
         )
         return response
 
