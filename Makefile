@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: help install browser demo test test-fast lint format params bench clean
+.PHONY: help install browser compose-cli demo test test-fast lint format params bench clean
 
 help:
 	@echo "make demo      create .venv, install mmp, run the pipeline on the bundled titanic data"
@@ -36,6 +36,19 @@ browser:
 		echo "the browser tests will be skipped. Install the Debian packages chromium and chromium-driver."; \
 	fi
 
+# docker-compose v1 (a small Debian package, no Docker engine) validates docker-compose.yml offline for
+# tests/test_docker_compose.py; without it that one check is skipped.
+compose-cli:
+	@if command -v docker-compose >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends docker-compose 2>/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }; \
+	else \
+		echo "docker-compose is missing and cannot be installed here (needs root and apt-get):"; \
+		echo "the docker-compose.yml validation will be skipped. Install the Debian package docker-compose."; \
+	fi
+
 demo: install
 	@test -f configs/dev.yaml || $(BIN)/mmp get-config --env-name dev
 	$(BIN)/dvc repro
@@ -51,7 +64,7 @@ demo: install
 	echo "  dvc exp show                             # compare experiments"; \
 	echo "  mmp train -c configs/dev.yaml -r recipes/xgb-baseline.yaml -d data/train.csv"
 
-test: install browser
+test: install browser compose-cli
 	$(BIN)/python -m pytest -ra --durations=15
 
 test-fast: install

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +137,176 @@ def repro_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project.dvc("repro")
     project.commit("repro")
     return project
+
+
+# --------------------------------------------------------------------------- servers on loopback ports
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5, **headers: str) -> tuple[int, str]:
+    """Status and body of a GET (an HTTP error status is returned, not raised)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    """Wait until ``url`` answers 200; fail with the server's log if it exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{url}: the server exited {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if http_get(url)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(
+        self,
+        path: str,
+        body: bytes | str | Any = None,
+        content_type: str = "application/json",
+        headers: dict | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers={**(headers or {})})
+        if data is not None:
+            request.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, raw, head = response.status, response.read(), dict(response.headers)
+        except urllib.error.HTTPError as error:
+            status, raw, head = error.code, error.read(), dict(error.headers)
+        text = raw.decode()
+        try:
+            return status, head, json.loads(text)
+        except ValueError:
+            return status, head, text
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(project: Project, args: list[str], env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    log_path = project.root / f"serve-{port}.log"
+    process = subprocess.Popen(
+        [str(BIN / "mmp"), "serve-api", "--port", str(port), *args],
+        cwd=project.root,
+        env={**project.env, **(env or {})},
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(process, port, log_path)
+    try:
+        wait_for_http(f"{server.url}/ping", process, log_path, timeout=90)
+    except AssertionError:
+        server.stop()
+        raise
+    return server
+
+
+MLFLOW_ADMIN_PASSWORD = "admin-password-for-tests"  # the auth app refuses passwords under 12 characters
+
+
+@dataclass
+class MlflowServer:
+    """A real `mlflow server --app-name basic-auth` on a loopback port; all its state lives in ``folder``.
+
+    It runs in its own process group (started with its own session), so that stopping it by its PID also
+    stops the uvicorn worker it spawns. Stopped and started again, it keeps its store, users and port.
+    """
+
+    folder: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "server.log"
+
+    def start(self) -> MlflowServer:
+        config = self.folder / "basic_auth.ini"
+        # Caching verified credentials for a minute saves a ~0.5 s PBKDF2 check on every request.
+        config.write_text(
+            "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///basic_auth.db\n"
+            "admin_username = admin\nauth_cache_ttl_seconds = 60\n"
+        )
+        env = clean_env(
+            MLFLOW_FLASK_SERVER_SECRET_KEY="mmp-tests-secret-key",
+            MLFLOW_AUTH_ADMIN_PASSWORD=MLFLOW_ADMIN_PASSWORD,
+            MLFLOW_AUTH_CONFIG_PATH=str(config),
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # no background job runner: faster start, fewer processes
+        )
+        command = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--workers", "1", "--backend-store-uri", "sqlite:///mlflow.db"]
+        command += ["--artifacts-destination", str(self.folder / "artifacts")]
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for_http(f"{self.url}/health", self.process, self.log_path)
+        return self
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the server's process group (SIGKILL: as if the machine had died)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def create_user(self, username: str, password: str) -> None:
+        import base64
+
+        token = base64.b64encode(f"admin:{MLFLOW_ADMIN_PASSWORD}".encode()).decode()
+        request = urllib.request.Request(
+            f"{self.url}/api/2.0/mlflow/users/create",
+            data=json.dumps({"username": username, "password": password}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One authenticated MLflow server for a test module."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port()).start()
+    yield server
+    server.stop()

@@ -4,98 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from conftest import BIN, Project, make_project
+from conftest import BIN, Project, Server, free_port, make_project, start_server
 
 pytestmark = pytest.mark.slow
 
 ROW = {"pclass": "1st", "sex": "female", "age": 29.0, "sibsp": 0, "parch": 0}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def request(
-        self,
-        path: str,
-        body: bytes | str | Any = None,
-        content_type: str = "application/json",
-        headers: dict | None = None,
-    ) -> tuple[int, dict[str, str], Any]:
-        data = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers={**(headers or {})})
-        if data is not None:
-            request.add_header("Content-Type", content_type)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, raw, head = response.status, response.read(), dict(response.headers)
-        except urllib.error.HTTPError as error:
-            status, raw, head = error.code, error.read(), dict(error.headers)
-        text = raw.decode()
-        try:
-            return status, head, json.loads(text)
-        except ValueError:
-            return status, head, text
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def start_server(project: Project, args: list[str], env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    log_path = project.root / f"serve-{port}.log"
-    process = subprocess.Popen(
-        [str(BIN / "mmp"), "serve-api", "--port", str(port), *args],
-        cwd=project.root,
-        env={**project.env, **(env or {})},
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    server = Server(process, port, log_path)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"serve-api exited {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if server.request("/ping")[0] == 200:
-                return server
-        except OSError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise AssertionError(f"serve-api did not answer /ping:\n{log_path.read_text()}")
 
 
 @pytest.fixture(scope="module")

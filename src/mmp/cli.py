@@ -77,6 +77,8 @@ def quiet_warnings() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow resets its logger's level on import
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # urllib3 warns at every retry of an unreachable server; mmp reports the outcome in one line.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.*")
@@ -85,13 +87,14 @@ def quiet_warnings() -> None:
 def _guarded(action: Callable[[], Any], verbose: bool) -> int:
     """Run an action; turn failures into one line on stderr and an exit code."""
     from mmp.errors import MmpError
+    from mmp.redaction import redact
 
     try:
         action()
     except MmpError as exc:
         if verbose:
             log.exception("failed")
-        print(f"mmp: error: {exc}", file=sys.stderr)
+        print(redact(f"mmp: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("mmp: interrupted", file=sys.stderr)
@@ -101,7 +104,7 @@ def _guarded(action: Callable[[], Any], verbose: bool) -> int:
             log.exception("failed")
         message = " ".join(str(exc).split())[:500]
         print(
-            f"mmp: error: {type(exc).__name__}: {message} (run again with --verbose for the traceback)",
+            redact(f"mmp: error: {type(exc).__name__}: {message} (run again with --verbose for the traceback)"),
             file=sys.stderr,
         )
         return 1
@@ -284,6 +287,32 @@ def cmd_batch_inference(args: argparse.Namespace) -> None:
     print(f"batch inference run: {result.run_id}")
 
 
+def cmd_mirror(args: argparse.Namespace) -> None:
+    """Log finished stages whose MLflow mirror was interrupted, from their DVC outputs, into their runs."""
+    from mmp import pending
+    from mmp.config import project_root
+    from mmp.pipeline import remirror_pending
+
+    root = project_root()
+    if not pending.load_all(root):
+        print("Nothing to mirror: every finished stage is in MLflow")
+        return
+    handled = remirror_pending(root)
+    print(f"{len(handled)} stage run(s) handled; `mmp runs --stage all` lists them")
+
+
+def cmd_system_check(args: argparse.Namespace) -> None:
+    from mmp.errors import MmpError
+    from mmp.system_check import FAIL, run_checks
+
+    results = run_checks(_config_from(args))
+    for result in results:
+        print(result.line())
+    failed = [result.name for result in results if result.status == FAIL]
+    if failed:
+        raise MmpError(f"{len(failed)} check(s) failed ({', '.join(failed)}); apply the fixes above and run it again")
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c", "--config", metavar="FILE", help="environment config merged on top (e.g. configs/dev.yaml)"
@@ -388,6 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-o", "--output", metavar="FILE", required=True, help="predictions file: .parquet or .csv")
     batch.add_argument("--chunk-rows", type=int, default=100_000, help="rows predicted at a time (default: 100000)")
     batch.set_defaults(func=cmd_batch_inference, recipe=None, data=None, overrides=[])
+
+    mirror = commands.add_parser("mirror", help="log finished stages whose MLflow mirror was interrupted")
+    mirror.set_defaults(func=cmd_mirror)
+
+    check = commands.add_parser(
+        "system-check", help="check the MLflow store: connection, login, write access, artifacts, packages"
+    )
+    check.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/prod.yaml)")
+    check.set_defaults(func=cmd_system_check, recipe=None, data=None, overrides=[])
     return parser
 
 

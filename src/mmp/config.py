@@ -23,6 +23,7 @@ from mmp.errors import ConfigError
 CONFIG_DIR = "conf"
 CONFIG_NAME = "config"
 PARAMS_FILE = "params.yaml"
+CONFIG_ENV = "MMP_CONFIG"  # an environment config merged on top, for `dvc repro` (like -c)
 TASKS = ("auto", "binary", "multiclass", "regression")
 ENCODINGS = ("auto", "native", "onehot", "ordinal")
 IMPUTATIONS = ("auto", "none", "median", "mean", "zero")
@@ -231,11 +232,14 @@ def load_config(
     """Build the validated config.
 
     ``from_params`` reads the composed ``params.yaml`` (what ``dvc repro`` runs); otherwise
-    ``conf/`` is composed with ``overrides``. Then ``config_file`` is merged on top, ``recipe_file``
-    replaces the recipe, ``data_path`` replaces ``data.path``, and dotted overrides are applied
-    again so that they win over the files.
+    ``conf/`` is composed with ``overrides``. Then ``config_file`` (by default the file named by
+    ``$MMP_CONFIG``, which is how DVC stages get an environment config) is merged on top,
+    ``recipe_file`` replaces the recipe, ``data_path`` replaces ``data.path``, and dotted overrides
+    are applied again so that they win over the files.
     """
     root = root or project_root()
+    if not config_file and (from_env := os.environ.get(CONFIG_ENV)):
+        config_file = root / from_env  # relative to the project root, wherever DVC runs the stage
     if from_params:
         raw = read_yaml(root / PARAMS_FILE, "Params file")
     else:

@@ -68,8 +68,12 @@ def resolve_model_uri(run_id: str | None = None, model_uri: str | None = None) -
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
         output_format="list",
     )
+    # A mirror interrupted by the store may have left a model that never finished uploading; `mmp mirror`
+    # then logs a complete one. Serve the newest complete model.
+    models = [model for model in models if str(model.status) == "READY"]
     if not models:
         stage = run.data.tags.get(f"{TAG_PREFIX}stage", "?")
         raise ModelNotFound(

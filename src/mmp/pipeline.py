@@ -1,7 +1,8 @@
-"""The stages: prepare and train. The DVC stage scripts, the CLI and sweeps all call these.
+"""The stages: prepare, train and explain. The DVC stage scripts, the CLI and sweeps all call these.
 
 Each stage checks its inputs before it starts an MLflow run, computes, writes its DVC outputs
-atomically, then mirrors everything to its MLflow run.
+atomically, then mirrors everything to its MLflow run. A mirror that the store interrupts is
+recorded and replayed later by ``mmp mirror`` (:func:`remirror_pending`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 import polars as pl
 
 from mmp import data as data_lib
-from mmp import tracking
-from mmp.config import Config, dump_yaml
-from mmp.errors import ConfigError, DataError
+from mmp import pending, tracking
+from mmp.config import Config, dump_yaml, from_dict, tracking_root
+from mmp.errors import ConfigError, DataError, TrackingError
 from mmp.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
 from mmp.models import (
     FitResult,
@@ -52,6 +53,7 @@ class StageResult:
 
 def run_prepare(config: Config, context: tracking.RunContext | None = None) -> StageResult:
     """Load, validate and split the data; fit preprocessing on the train split."""
+    tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     family = check_model_name(config.recipe.model.name)
     data_cfg = config.data
     data_path = config.resolve(data_cfg.path)
@@ -91,23 +93,31 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
                 part.write_parquet(scratch / f"{name}.parquet")
             preprocessor.save(scratch / PREPROCESSING_FILE)
             write_json_atomic(scratch / MANIFEST_FILE, manifest)
-        _mirror_prepare(config, out_dir, data_path, digest, cleaned.frame.head(5), rows, cleaned.dropped_null_target)
+        tracking.mirror(config, "prepare", run, _mirror_prepare, {}, [out_dir])
     log.info(
         "prepare: %s rows -> train %d / valid %d / test %d (%s)", cleaned.frame.height, *rows.values(), cleaned.task
     )
     return StageResult(run.info.run_id, [out_dir], {f"rows_{k}": v for k, v in rows.items()})
 
 
-def _mirror_prepare(
-    config: Config, out_dir: Path, data_path: Path, digest: str, head: pl.DataFrame, rows: dict[str, int], dropped: int
-) -> None:
+# The _mirror_* functions log a finished stage to its MLflow run from the stage's DVC outputs (plus
+# ``extras``: what the outputs do not hold). The stage calls them through tracking.mirror, and
+# `mmp mirror` calls the same functions to replay a mirror that the store interrupted.
+
+
+def _mirror_prepare(config: Config, run: Any, extras: dict[str, Any]) -> None:
     import mlflow
 
-    mlflow.log_metrics({**{f"rows_{k}": v for k, v in rows.items()}, "rows_dropped_null_target": dropped})
-    tracking.log_dataset(data_path, digest, config.data.name, "training", head.to_pandas())
+    out_dir = config.resolve(config.paths.prepared_dir)
+    manifest = read_json(out_dir / MANIFEST_FILE)
+    rows = {f"rows_{name}": count for name, count in manifest["rows"].items()}
+    mlflow.log_metrics({**rows, "rows_dropped_null_target": manifest["dropped_null_target"]})
+    head = pl.read_parquet(out_dir / "train.parquet", n_rows=5)
+    data_path = config.resolve(config.data.path)
+    tracking.log_dataset(data_path, manifest["data"]["digest"], config.data.name, "training", head.to_pandas())
     mlflow.log_artifact(str(out_dir / PREPROCESSING_FILE))
     mlflow.log_artifact(str(out_dir / MANIFEST_FILE))
-    mlflow.log_text(dump_yaml(config.as_dict()), CONFIG_ARTIFACT)
+    mlflow.log_text(dump_yaml(tracking.loggable_config(config)), CONFIG_ARTIFACT)
 
 
 # --------------------------------------------------------------------------- train
@@ -147,6 +157,7 @@ def run_train(
 
     ``on_iteration(step, valid_loss)`` is called after each boosting round (search pruning).
     """
+    tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     family = check_model_name(config.recipe.model.name)
     manifest, preprocessor, splits = load_prepared(config)
     task = manifest["task"]
@@ -190,9 +201,12 @@ def run_train(
         write_json_atomic(metrics_file, by_split)
         plots_dir = config.resolve(config.paths.plots_dir)
         _write_evaluation_plots(plots_dir, predictor, y["test"], outputs["test"], fit)
-        _mirror_train(
-            config, run, predictor, fit, by_split, splits["test"], model_dir, metrics_file, manifest, fit_seconds
-        )
+        extras = {
+            "fit_seconds": fit_seconds,
+            "best_iteration": fit.best_iteration,
+            "history": {split: [float(v) for v in values] for split, values in fit.history.items()},
+        }
+        tracking.mirror(config, "train", run, _mirror_train, extras, [model_dir, metrics_file, plots_dir])
     primary = primary_metric(task, config.recipe.metrics.primary)
     log.info(
         "train: %s test %s=%.4f (run %s)",
@@ -227,28 +241,21 @@ def _write_evaluation_plots(
     )
 
 
-def _mirror_train(
-    config: Config,
-    run: Any,
-    predictor: Predictor,
-    fit: FitResult,
-    by_split: dict[str, dict[str, float]],
-    test_frame: pl.DataFrame,
-    model_dir: Path,
-    metrics_file: Path,
-    manifest: dict[str, Any],
-    fit_seconds: float,
-) -> None:
+def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     import mlflow
 
-    mlflow.log_metrics({**flat_metrics(by_split), "fit_seconds": fit_seconds})
-    if fit.best_iteration is not None:
-        mlflow.log_metric("best_iteration", fit.best_iteration)
-    for split, values in fit.history.items():
-        # Per-iteration scores as step metrics: the UI draws them as learning curves.
-        name = f"{split}_curve_{_curve_metric(predictor.task)}"
-        _log_curve(name, values)
     prepared = config.resolve(config.paths.prepared_dir)
+    model_dir = config.resolve(config.paths.model_dir)
+    metrics_file = config.resolve(config.paths.metrics_file)
+    manifest = read_json(prepared / MANIFEST_FILE)
+    predictor = Predictor.load(prepared / PREPROCESSING_FILE, model_dir)
+    test_frame = pl.read_parquet(prepared / "test.parquet", n_rows=5)
+    mlflow.log_metrics({**flat_metrics(read_json(metrics_file)), "fit_seconds": extras["fit_seconds"]})
+    if extras["best_iteration"] is not None:
+        mlflow.log_metric("best_iteration", extras["best_iteration"])
+    for split, values in extras["history"].items():
+        # Per-iteration scores as step metrics: the UI draws them as learning curves.
+        _log_curve(f"{split}_curve_{_curve_metric(predictor.task)}", values)
     data_path = config.resolve(config.data.path)
     tracking.log_dataset(
         data_path, manifest["data"]["digest"], config.data.name, "training", test_frame.head(5).to_pandas()
@@ -256,7 +263,7 @@ def _mirror_train(
     mlflow.log_artifact(str(prepared / PREPROCESSING_FILE))
     mlflow.log_artifact(str(metrics_file))
     mlflow.log_artifacts(str(config.resolve(config.paths.plots_dir)), artifact_path="plots")
-    mlflow.log_text(dump_yaml(config.as_dict()), CONFIG_ARTIFACT)
+    mlflow.log_text(dump_yaml(tracking.loggable_config(config)), CONFIG_ARTIFACT)
     if prepare_run := manifest.get("prepare_run_id"):
         link = f"#/experiments/{run.info.experiment_id}/runs/{prepare_run}"
         mlflow.set_tag("mlflow.note.content", f"Trained on data prepared by run [{prepare_run}]({link}).")
@@ -322,6 +329,7 @@ def run_explain(config: Config, context: tracking.RunContext | None = None) -> S
     from mmp.explain import explain, explainer_name
     from mmp.models import MODEL_INFO_FILE
 
+    tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     manifest, preprocessor, splits = load_prepared(config)
     model_dir = config.resolve(config.paths.model_dir)
     if not (model_dir / MODEL_INFO_FILE).is_file():
@@ -356,7 +364,8 @@ def run_explain(config: Config, context: tracking.RunContext | None = None) -> S
             write_json_atomic(scratch / SHAP_IMPORTANCE_FILE, _importance_document(explanation, importance))
             _shap_frame(explanation, sample, preprocessor.id_columns).write_parquet(scratch / SHAP_VALUES_FILE)
             _write_shap_charts(scratch / "plots", explanation, x, preprocessor, config)
-        _mirror_explain(run, out_dir, importance, seconds, train_run_id)
+        extras = {"explain_seconds": seconds, "train_run_id": train_run_id}
+        tracking.mirror(config, "explain", run, _mirror_explain, extras, [out_dir])
     top = ", ".join(list(importance)[:3])
     log.info("explain: %d rows with %s in %.2fs; top features: %s", len(x), explainer, seconds, top)
     return StageResult(run.info.run_id, [out_dir], {"mean_abs_shap": importance})
@@ -405,11 +414,14 @@ def _write_shap_charts(
     )
 
 
-def _mirror_explain(run: Any, out_dir: Path, importance: dict[str, float], seconds: float, train_run_id: str) -> None:
+def _mirror_explain(config: Config, run: Any, extras: dict[str, Any]) -> None:
     import mlflow
 
+    out_dir = config.resolve(config.paths.explain_dir)
+    importance = read_json(out_dir / SHAP_IMPORTANCE_FILE)["mean_abs_shap"]
     metrics = {f"shap_{_metric_key(name)}": value for name, value in importance.items()}
-    mlflow.log_metrics({**metrics, "explain_seconds": seconds})
+    mlflow.log_metrics({**metrics, "explain_seconds": extras["explain_seconds"]})
+    train_run_id = extras["train_run_id"]
     mlflow.log_artifacts(str(out_dir), artifact_path="explain")
     if train_run_id:
         # The train run in the UI shows the explanations of its model.
@@ -423,3 +435,46 @@ def _mirror_explain(run: Any, out_dir: Path, importance: dict[str, float], secon
 def _metric_key(name: str) -> str:
     """MLflow metric names allow letters, digits and _-. /; anything else becomes _."""
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in name)
+
+
+# --------------------------------------------------------------------------- re-mirroring
+
+MIRRORS: dict[str, tracking.MirrorFunction] = {
+    "prepare": _mirror_prepare,
+    "train": _mirror_train,
+    "explain": _mirror_explain,
+}
+
+
+def remirror_pending(root: Path) -> list[pending.PendingMirror]:
+    """Replay the project's interrupted mirrors, oldest first, each into its own run (``mmp mirror``).
+
+    A record whose outputs a later run has replaced cannot be completed: its run is marked FAILED and the
+    record dropped. The first store failure stops the replay with a TrackingError; later records stay.
+    Returns the records handled.
+    """
+    import mlflow
+
+    handled = []
+    for record in pending.load_all(root):
+        config = from_dict(record.config, root=root, overrides=tuple(record.overrides))
+        try:
+            if changed := pending.changed_outputs(record, root):
+                tracking.setup(config)
+                reason = f"its outputs ({', '.join(changed)}) were replaced by a later run before they were logged"
+                client = mlflow.MlflowClient()
+                client.set_tag(record.run_id, f"{tracking.TAG_PREFIX}error", reason)
+                client.set_terminated(record.run_id, "FAILED")
+                log.warning("%s run %s left FAILED: %s", record.stage, record.run_id, reason)
+            else:
+                with tracking.stage_run(config, record.stage, resume_run_id=record.run_id) as run:
+                    MIRRORS[record.stage](config, run, record.extras)
+                log.info("mirrored the %s stage into run %s", record.stage, record.run_id)
+        except Exception as exc:
+            if not tracking.is_store_failure(exc):
+                raise
+            uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri, tracking_root(root))
+            raise TrackingError(tracking.describe_failure(uri, exc, config.mlflow.experiment_name)) from None
+        pending.remove(record)
+        handled.append(record)
+    return handled

@@ -107,7 +107,7 @@ def start(config: Config, kind: str, folder: Path, command: str, metric: str | N
     try:
         run = mlflow.MlflowClient().create_run(experiment_id, run_name=folder.name, tags=tags)
     except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(tracking._tracking_failure(mlflow.get_tracking_uri(), exc)) from None
+        raise TrackingError(tracking.describe_failure(mlflow.get_tracking_uri(), exc)) from None
     sweep = Sweep(folder.name, run.info.run_id, folder, metric)
     sweep.to_env()
     log.info("%s %s: parent run %s, jobs in %s", kind, folder.name, run.info.run_id, folder)

@@ -10,10 +10,11 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from mmp.config import Config, flatten, tracking_root
 from mmp.errors import Pruned, TrackingError
 from mmp.outputs import file_lock
+from mmp.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,9 @@ def setup(config: Config) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id."""
     store_root = tracking_root(config.root)
     load_dotenv(store_root)
-    # Fail in seconds, not minutes, when a tracking server is unreachable.
+    # Fail in seconds, not minutes, when a tracking server is unreachable (3 tries, 2 s apart).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -82,9 +85,45 @@ def setup(config: Config) -> str:
         with _store_lock(uri):
             experiment_id = _experiment_id(config, uri, store_root)
         mlflow.set_experiment(experiment_id=experiment_id)
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(_tracking_failure(uri, exc)) from None
+    except Exception as exc:  # everything here talks to the store: any failure is the store's
+        raise TrackingError(describe_failure(uri, exc, config.mlflow.experiment_name)) from None
     return experiment_id
+
+
+def preflight(config: Config) -> None:
+    """Fail at once on a tracking server that is down or refuses our login: one plain HTTP request.
+
+    Stages call this before any data work. It does not import MLflow (seconds), which meanwhile loads
+    in the background while the stage reads its data; local stores need no check here.
+    """
+    store_root = tracking_root(config.root)
+    load_dotenv(store_root)
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    name = config.mlflow.experiment_name
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    headers = {}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    verify: bool | str = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    if verify and (cert := os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")):
+        verify = cert
+    try:
+        response = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": name},
+            auth=(user, password) if user and password else None,
+            headers=headers,
+            timeout=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")),
+            verify=verify,
+        )
+    except requests.RequestException as exc:
+        raise TrackingError(describe_failure(uri, exc, name)) from None
+    if response.status_code in (401, 403) or response.status_code >= 500:
+        raise TrackingError(describe_failure(uri, Exception(f"error code {response.status_code}"), name))
 
 
 def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
@@ -123,16 +162,76 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def _tracking_failure(uri: str, exc: Exception) -> str:
+# --------------------------------------------------------------------------- failures
+
+_HTTP_STATUS = re.compile(r"error code (\d{3})\b|\b(\d{3}) (?:Client|Server) Error\b|status code (\d{3})\b")
+_UNREACHABLE = (
+    ("Connection refused", "connection refused"),
+    ("Failed to resolve", "unknown host"),
+    ("Name or service not known", "unknown host"),
+    ("timed out", "timed out"),
+    ("Timeout", "timed out"),
+    ("Max retries exceeded", "no answer"),
+    ("Connection aborted", "connection lost"),
+    ("RemoteDisconnected", "connection lost"),
+)
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an MLflow or requests error reports, if any."""
+    match = _HTTP_STATUS.search(str(exc))
+    return int(next(group for group in match.groups() if group)) if match else None
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """True when the tracking store (not mmp, not the data) failed: unreachable, refused, or erroring."""
+    import requests
+
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return False  # a missing output file is mmp's problem, not the store's
+    if isinstance(exc, (OSError, requests.RequestException)):
+        return True
+    text = str(exc)
+    status = http_status(exc)
+    return (status is not None and (status in (401, 403, 429) or status >= 500)) or any(
+        pattern in text for pattern, _ in _UNREACHABLE
+    )
+
+
+def describe_failure(uri: str, exc: BaseException, experiment: str | None = None) -> str:
+    """One line naming the store, the user and the fix; never the password."""
+    uri = redact(uri)
     text = " ".join(str(exc).split())
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if "401" in text or "Unauthorized" in text:
-        return f"MLflow at {uri} refused the credentials of user '{user}'; fix MLFLOW_TRACKING_PASSWORD in .env"
-    if "403" in text or "Permission" in text:
-        return f"User '{user}' may not write to the experiment at {uri}; ask an admin for EDIT permission"
-    if "Max retries" in text or "Connection" in text or "timed out" in text.lower():
-        return f"MLflow server {uri} is unreachable; start it or fix mlflow.tracking_uri"
-    return f"MLflow store {uri} failed: {text[:300]}"
+    status = http_status(exc)
+    where = f"experiment '{experiment}'" if experiment else "the experiment"
+    if status == 401:
+        if not user:
+            return (
+                f"MLflow at {uri} requires a login; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "in .env (see .env.example)"
+            )
+        return (
+            f"MLflow at {uri} refused the credentials of user '{user}'; "
+            "put the right MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in .env"
+        )
+    if status == 403:
+        return f"User '{user}' may not write to {where} at {uri}; ask an MLflow admin for EDIT permission on it"
+    for pattern, reason in _UNREACHABLE:
+        if pattern in text:
+            return (
+                f"MLflow server {uri} is unreachable ({reason}); start it (docs/mlflow.md) "
+                "or fix mlflow.tracking_uri in your config"
+            )
+    if status is not None and status >= 500:
+        return f"MLflow server {uri} answered HTTP {status}; see the server's log"
+    local = not uri.startswith(("http://", "https://"))
+    if "unable to open database file" in text or (local and isinstance(exc, OSError)):
+        return (
+            f"MLflow store {uri} cannot be opened; its folder must exist and be writable by you "
+            "(check the permissions of a mounted folder)"
+        )
+    return redact(f"MLflow store {uri} failed: {text[:300]}")
 
 
 def _safe(name: str) -> str:
@@ -230,6 +329,10 @@ def params_of(config: Config) -> dict[str, str]:
 # --------------------------------------------------------------------------- runs
 
 
+class MirrorDeferred(Exception):
+    """The store failed while a finished stage was being mirrored; its outputs stay, a record is pending."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Where a stage run sits: its parent (a sweep or a job's train run) and extra tags (sweep id, job)."""
@@ -260,28 +363,35 @@ def stage_run(
     *,
     tags: dict[str, str] | None = None,
     context: RunContext | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[Any]:
-    """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises."""
+    """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises.
+
+    ``resume_run_id`` reopens an existing run instead (``mmp mirror``). A :class:`MirrorDeferred` raised
+    by :func:`mirror` ends the block quietly: the stage's work is done and only its mirror is pending.
+    """
     import mlflow
 
     setup(config)
-    run_tags = {**common_tags(config, stage), **(tags or {})}
-    if context:
-        run_tags.update(context.tags)
-        if context.parent_run_id:
-            run_tags["mlflow.parentRunId"] = context.parent_run_id
-    run_name = f"{stage}-{config.recipe.name}"
-    if job := run_tags.get(f"{TAG_PREFIX}sweep_job"):
-        run_name = f"{run_name}-job{job}"
-    if exp_name := os.environ.get("DVC_EXP_NAME"):
-        run_name = f"{run_name}-{exp_name}"
     try:
-        run = mlflow.start_run(run_name=run_name, tags=run_tags)
+        if resume_run_id:
+            run = mlflow.start_run(run_id=resume_run_id)
+        else:
+            run_tags = {**common_tags(config, stage), **(tags or {})}
+            if context:
+                run_tags.update(context.tags)
+                if context.parent_run_id:
+                    run_tags["mlflow.parentRunId"] = context.parent_run_id
+            run = mlflow.start_run(run_name=_run_name(config, stage, run_tags), tags=run_tags)
     except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(_tracking_failure(mlflow.get_tracking_uri(), exc)) from None
+        raise TrackingError(describe_failure(mlflow.get_tracking_uri(), exc, config.mlflow.experiment_name)) from None
     try:
         mlflow.log_params(params_of(config))
         yield run
+    except MirrorDeferred as deferred:
+        log.warning("%s", deferred)
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status="FAILED")  # if the store is back already; `mmp mirror` resumes it either way
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Pruned)) else "FAILED"
         if isinstance(exc, Pruned):
@@ -289,12 +399,58 @@ def stage_run(
             with contextlib.suppress(Exception):
                 mlflow.set_tag(f"{TAG_PREFIX}pruned", "true")
         with contextlib.suppress(Exception):
-            mlflow.set_tag(f"{TAG_PREFIX}error", " ".join(str(exc).split())[:1000])
+            mlflow.set_tag(f"{TAG_PREFIX}error", redact(" ".join(str(exc).split()))[:1000])
         with contextlib.suppress(Exception):
             mlflow.end_run(status=status)
         raise
     else:
+        if (active := mlflow.active_run()) is not None and active.info.run_id == run.info.run_id:
+            mlflow.end_run(status="FINISHED")
+
+
+def _run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
+    run_name = f"{stage}-{config.recipe.name}"
+    if job := run_tags.get(f"{TAG_PREFIX}sweep_job"):
+        run_name = f"{run_name}-job{job}"
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        run_name = f"{run_name}-{exp_name}"
+    return run_name
+
+
+MirrorFunction = Callable[[Config, Any, dict[str, Any]], None]
+
+
+def mirror(
+    config: Config, stage: str, run: Any, mirror_fn: MirrorFunction, extras: dict[str, Any], outputs: list[Path]
+) -> None:
+    """Log a finished stage to its run with ``mirror_fn`` (which reads the stage's DVC outputs) and end it.
+
+    ``extras`` holds what the outputs do not (timings, learning curves). If the store fails, a pending
+    record is written for ``mmp mirror`` and :class:`MirrorDeferred` ends the stage's run block.
+    """
+    import mlflow
+
+    from mmp import pending
+
+    try:
+        mirror_fn(config, run, extras)
         mlflow.end_run(status="FINISHED")
+    except Exception as exc:
+        if not is_store_failure(exc):
+            raise
+        reason = describe_failure(mlflow.get_tracking_uri(), exc, config.mlflow.experiment_name)
+        pending.save(config, stage, run.info.run_id, extras, outputs, reason)
+        raise MirrorDeferred(
+            f"The {stage} stage finished and kept its outputs, but its MLflow run {run.info.run_id} is incomplete: "
+            f"{reason}. Run `mmp mirror` once the store is back"
+        ) from None
+
+
+def loggable_config(config: Config) -> dict[str, Any]:
+    """The composed config as logged to MLflow (``config.yaml``): credentials in a URI masked."""
+    raw = config.as_dict()
+    raw["mlflow"] = {**raw["mlflow"], "tracking_uri": redact(raw["mlflow"]["tracking_uri"])}
+    return raw
 
 
 def log_dataset(path: Path, digest: str, name: str, context: str, schema_frame: Any = None) -> None:
