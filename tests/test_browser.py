@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from conftest import BIN, Project, make_project
+from conftest import Server, make_project, start_server
 from mmp.model_source import LocalModel, ModelCard
 from mmp.preprocessing import ColumnState
 from mmp.serving.openapi import openapi_document
@@ -180,23 +176,6 @@ def test_page_escapes_names_and_embeds_the_schema_safely() -> None:
 # --------------------------------------------------------------------------- a real server and browser (slow)
 
 
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        """Stop this server (and only it) by its PID: TERM, then KILL if it hangs."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
 # Loopback only, whatever proxy the environment names.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -216,35 +195,6 @@ def http(method: str, url: str, body: Any = None, **headers: str) -> tuple[int, 
     return status, head, json.loads(text) if head.get("Content-Type", "").startswith("application/json") else text
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(project: Project, run_id: str, log: Path, **env: str) -> Server:
-    port = free_port()
-    command = [str(BIN / "mmp"), "serve-api", "--run-id", run_id, "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--workers", "1"], cwd=project.root, env={**project.env, **env}, stdout=out, stderr=out
-        )
-    return Server(f"http://127.0.0.1:{port}", process, log)
-
-
-def wait_until_up(server: Server, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"mmp serve-api exited {server.process.returncode}:\n{server.log.read_text()[-4000:]}")
-        try:
-            if http("GET", f"{server.url}/ping")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"mmp serve-api did not answer /ping in time:\n{server.log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     """A trained titanic model served twice: openly and behind a bearer token."""
@@ -252,14 +202,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     project = make_project(root / "project")
     project.mmp("train")
     run_id = project.mmp("runs", "--stage", "train", "--limit", "1", "--quiet").stdout.strip()
-    started = {
-        "open": start_server(project, run_id, root / "open.log"),
-        "token": start_server(project, run_id, root / "token.log", MMP_API_TOKEN=TOKEN),
-    }
+    served = ["--run-id", run_id, "--workers", "1"]
+    started: dict[str, Server] = {}
     try:
-        deadline = time.monotonic() + 60
-        for server in started.values():
-            wait_until_up(server, deadline)
+        started["open"] = start_server(project, served)
+        started["token"] = start_server(project, served, env={"MMP_API_TOKEN": TOKEN})
         yield started
     finally:
         for server in started.values():
