@@ -21,16 +21,14 @@ from typing import Any
 from common import (
     ROOT,
     VENV_BIN,
-    Measurement,
-    check,
     clean_env,
     copy_project,
     markdown_table,
     median,
-    run_measured,
+    run_logged,
     save_result,
     say,
-    temp_dir,
+    scratch_dir,
 )
 
 DVC = str(VENV_BIN / "dvc")
@@ -58,46 +56,36 @@ GIT_ENV = {
 }
 
 
-def _run(cmd: Sequence[str], cwd: Path, env: dict[str, str], what: str) -> Measurement:
-    """Run a command that must succeed, its output appended to <cwd>.log."""
-    log_path = cwd.parent / f"{cwd.name}.log"
-    with log_path.open("a") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        return check(run_measured(cmd, cwd, env, log, memory=False), what, log_path)
-
-
 def make_project(dest: Path, env: dict[str, str]) -> float:
     """Copy the project into a new git repo and run the whole pipeline once; the full repro's seconds."""
     copy_project(dest, extra=(".dvc/.gitignore", ".gitignore", "src/mmp", "data/titanic.csv", "data/.gitignore"))
-    _run(["git", "init", "-q"], dest, env, "git init")
-    _run(["git", "add", "-A"], dest, env, "git add")
-    _run(["git", "commit", "-qm", "copy"], dest, env, "git commit")
-    seconds = _run([DVC, "repro"], dest, env, "full dvc repro of the project copy").seconds
-    _run(["git", "add", "-A"], dest, env, "git add")
-    _run(["git", "commit", "-qm", "repro"], dest, env, "git commit")
+    run_logged(["git", "init", "-q"], dest, env, "git init")
+    run_logged(["git", "add", "-A"], dest, env, "git add")
+    run_logged(["git", "commit", "-qm", "copy"], dest, env, "git commit")
+    seconds = run_logged([DVC, "repro"], dest, env, "full dvc repro of the project copy").seconds
+    run_logged(["git", "add", "-A"], dest, env, "git add")
+    run_logged(["git", "commit", "-qm", "repro"], dest, env, "git commit")
     return seconds
 
 
 def make_floor(dest: Path, env: dict[str, str]) -> None:
     """A minimal DVC project with one stage, repro'd once."""
     dest.mkdir(parents=True)
-    _run(["git", "init", "-q"], dest, env, "git init")
-    _run([DVC, "init", "-q"], dest, env, "dvc init")
+    run_logged(["git", "init", "-q"], dest, env, "git init")
+    run_logged([DVC, "init", "-q"], dest, env, "dvc init")
     shutil.copy2(ROOT / ".dvc" / "config", dest / ".dvc" / "config")  # same settings (analytics off)
     (dest / "in.txt").write_text("hello\n")
     (dest / "params.yaml").write_text("seed: 42\n")
     (dest / "dvc.yaml").write_text(FLOOR_DVC_YAML)
-    _run([DVC, "repro"], dest, env, "dvc repro of the floor project")
-    _run(["git", "add", "-A"], dest, env, "git add")
-    _run(["git", "commit", "-qm", "floor"], dest, env, "git commit")
+    run_logged([DVC, "repro"], dest, env, "dvc repro of the floor project")
+    run_logged(["git", "add", "-A"], dest, env, "git add")
+    run_logged(["git", "commit", "-qm", "floor"], dest, env, "git commit")
 
 
 def run(reps: int = 10, keep: bool = False) -> dict[str, Any]:
     """Build both repositories, then time the no-op commands ``reps`` times each, interleaved."""
     env = clean_env(**GIT_ENV)
-    scratch = temp_dir("mmp-bench-dvc-")
-    try:
+    with scratch_dir("mmp-bench-dvc-", keep) as scratch:
         project, floor = scratch / "project", scratch / "floor"
         say("dvc: full repro of a project copy (titanic)")
         full_repro = make_project(project, env)
@@ -112,21 +100,16 @@ def run(reps: int = 10, keep: bool = False) -> dict[str, Any]:
         samples: dict[str, list[float]] = {name: [] for name in commands}
         cpu: dict[str, list[float]] = {name: [] for name in commands}
         for name, (cmd, cwd) in commands.items():  # warm-up
-            _run(cmd, cwd, env, name)
+            run_logged(cmd, cwd, env, name)
         say(f"dvc: {reps} interleaved runs of {', '.join(commands)}")
         for _ in range(reps):
             for name, (cmd, cwd) in commands.items():
-                measured = _run(cmd, cwd, env, name)
+                measured = run_logged(cmd, cwd, env, name)
                 samples[name].append(measured.seconds)
                 cpu[name].append(measured.cpu_seconds)
         timed_log = (scratch / "project.log").read_text()[setup_log_size:]
         if "Running stage" in timed_log or "modified" in timed_log:
             raise RuntimeError(f"the timed `dvc repro` of the project was not a no-op:\n{timed_log[-2000:]}")
-    finally:
-        if keep:
-            say(f"kept {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
     medians = {name: median(values) for name, values in samples.items()}
     ratio = medians["project: dvc repro"] / medians["floor: dvc repro"]
     return {

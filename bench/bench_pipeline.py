@@ -47,7 +47,7 @@ from common import (
     run_measured,
     save_result,
     say,
-    temp_dir,
+    scratch_dir,
     wait_for_quiet,
 )
 
@@ -199,11 +199,10 @@ def run(
     csv = make_data.ensure(make_data.Options(rows=rows))
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     env = bench_env(omp_wait_policy)
-    scratch = temp_dir("mmp-bench-pipeline-")
     plain: list[dict[str, Any]] = []
     stages: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
-    try:
+    with scratch_dir("mmp-bench-pipeline-", keep) as scratch:
         (scratch / "store").mkdir()
         new_store_s = init_store(scratch / "store")
         store = scratch / "store" / "mlflow.db"
@@ -227,11 +226,6 @@ def run(
                 (scratch / name).mkdir()
                 wait_for_quiet()
                 extra[name] = run_profiled(csv, store, scratch / name, env, parts)
-    finally:
-        if keep:
-            say(f"kept {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
     base, mmp = summarise(plain), summarise(stages)
     time_ratio = mmp["seconds"] / base["seconds"]
     memory_ratio = mmp["peak_rss_mb"] / base["peak_rss_mb"]

@@ -26,8 +26,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench_dvc import GIT_ENV, _run
-from common import BENCH_DIR, PYTHON, clean_env, copy_project, markdown_table, median, save_result, say, temp_dir
+from bench_dvc import GIT_ENV
+from common import (
+    BENCH_DIR,
+    PYTHON,
+    clean_env,
+    copy_project,
+    markdown_table,
+    median,
+    run_logged,
+    save_result,
+    say,
+    scratch_dir,
+)
 
 LEAVES = (7, 15, 31, 63)
 SWEEP = ["recipe=lgbm-tuned", f"recipe.model.params.num_leaves={','.join(map(str, LEAVES))}"]
@@ -39,16 +50,15 @@ TARGET_OVERHEAD_S = 1.5
 def make_project(dest: Path, env: dict[str, str], data: str) -> None:
     copy_project(dest, extra=(".gitignore", f"data/{data}.csv", "data/.gitignore"))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        _run(cmd, dest, env, " ".join(cmd))
+        run_logged(cmd, dest, env, " ".join(cmd))
     # Initialise the store once (every side then starts from the same store).
-    _run([PYTHON, "stages/prepare.py", f"data={data}", "recipe=lgbm-tuned"], dest, env, "prepare")
+    run_logged([PYTHON, "stages/prepare.py", f"data={data}", "recipe=lgbm-tuned"], dest, env, "prepare")
 
 
 def run(reps: int = 2, data: str = "titanic", keep: bool = False) -> dict[str, Any]:
     env = clean_env(**GIT_ENV)
-    scratch = temp_dir("mmp-bench-sweep-")
     sweep = [f"data={data}", *SWEEP]
-    try:
+    with scratch_dir("mmp-bench-sweep-", keep) as scratch:
         project = scratch / "project"
         make_project(project, env, data)
         mmp = str(Path(PYTHON).with_name("mmp"))
@@ -65,16 +75,11 @@ def run(reps: int = 2, data: str = "titanic", keep: bool = False) -> dict[str, A
             for name, cmds in commands.items():
                 shutil.rmtree(project / "multirun", ignore_errors=True)
                 say(f"sweep: {name} ({rep + 1}/{reps})")
-                samples[name].append(sum(_run(cmd, project, env, name).seconds for cmd in cmds))
+                samples[name].append(sum(run_logged(cmd, project, env, name).seconds for cmd in cmds))
         shutil.rmtree(project / "multirun", ignore_errors=True)
         say("sweep: tracking overhead of 4 jobs, in one process")
-        _run([PYTHON, str(BENCH_DIR / "sweep_overhead.py"), *sweep], project, env, "overhead")
+        run_logged([PYTHON, str(BENCH_DIR / "sweep_overhead.py"), *sweep], project, env, "overhead")
         overhead = json.loads((project / "sweep_overhead.json").read_text())
-    finally:
-        if keep:
-            say(f"kept {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
     medians = {name: median(values) for name, values in samples.items()}
     return {
         "benchmark": "sweep",

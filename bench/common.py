@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -174,6 +175,28 @@ def copy_project(dest: Path, extra: Iterable[str] = ()) -> Path:
 def temp_dir(prefix: str) -> Path:
     """A fresh scratch folder (the caller removes it)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A fresh scratch folder, removed at the end unless ``keep`` (then its path is printed)."""
+    scratch = temp_dir(prefix)
+    try:
+        yield scratch
+    finally:
+        if keep:
+            say(f"kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_logged(cmd: Sequence[str], cwd: Path, env: dict[str, str], what: str) -> Measurement:
+    """Run a command that must succeed, its output appended to <cwd>.log; its wall time (no memory)."""
+    log_path = cwd.parent / f"{cwd.name}.log"
+    with log_path.open("a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        return check(run_measured(cmd, cwd, env, log, memory=False), what, log_path)
 
 
 def median(values: Sequence[float]) -> float:
