@@ -21,32 +21,6 @@ def _quiet_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-MLFLOW_MODULES = ("mlflow", "mlflow.store.tracking.sqlalchemy_store")  # the store: SQLAlchemy and alembic
-
-
-def import_in_background(*modules: str) -> None:
-    """Start importing ``modules`` (MLflow and its SQLite store: 2-3 s) on a thread while the stage reads its data.
-
-    numpy, polars and pandas are imported first, here: the two threads then share few modules, so
-    neither waits on a module the other is half-way through importing.
-    """
-    import importlib
-    import threading
-
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
-    import polars  # noqa: F401
-
-    def load() -> None:
-        for module in modules:
-            try:
-                importlib.import_module(module)
-            except Exception:  # the stage imports it again, and reports the error itself
-                log.debug("background import of %s failed", module, exc_info=True)
-
-    threading.Thread(target=load, name="background-imports", daemon=True).start()
-
-
 def exit_now(code: int) -> None:
     """Exit without interpreter teardown (0.7-1.9 s of freeing a large heap), once output is flushed.
 
@@ -437,8 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     _setup_logging(args.verbose)
-    if args.command in ("prepare", "train", "sweep", "tune"):
-        import_in_background(*MLFLOW_MODULES)
     return _guarded(lambda: args.func(args), args.verbose)
 
 
@@ -458,8 +430,6 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
     _quiet_openmp()
     verbose = args.verbose or os.environ.get("MMP_VERBOSE") == "1"
     _setup_logging(verbose)
-
-    import_in_background(*MLFLOW_MODULES)
 
     def action() -> None:
         from mmp import pipeline

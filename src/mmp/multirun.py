@@ -113,12 +113,11 @@ def hydra_job(cfg: Any) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from mmp.cli import MLFLOW_MODULES, import_in_background, quiet_warnings
+    from mmp.cli import quiet_warnings
 
     global _worker_ready
     if not _worker_ready:  # once per process: a joblib worker starts with nothing imported
         quiet_warnings()
-        import_in_background(*MLFLOW_MODULES)
         _worker_ready = True
     hydra_config = HydraConfig.get()
     sweep = sweeps.Sweep.from_env()

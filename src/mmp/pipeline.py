@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from mmp import data as data_lib
-from mmp import pending, tracking
+from mmp import pending, preload, tracking
 from mmp.config import Config, dump_yaml, from_dict, tracking_root
 from mmp.errors import ConfigError, DataError, TrackingError
 from mmp.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
@@ -57,6 +57,7 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     family = check_model_name(config.recipe.model.name)
     data_cfg = config.data
     data_path = config.resolve(data_cfg.path)
+    preload.start(preload.MLFLOW)  # while Polars reads
     frame = data_lib.load(data_cfg, data_path)
     cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
     class_path(family, cleaned.task)  # the model must be able to do this task
@@ -76,7 +77,7 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     digest = data_lib.file_digest(data_path)
     rows = {name: part.height for name, part in parts.items()}
     tags = {f"{tracking.TAG_PREFIX}task": cleaned.task, f"{tracking.TAG_PREFIX}data_digest": digest}
-    with tracking.stage_run(config, "prepare", tags=tags, context=context) as run:
+    with tracking.stage_run(config, "prepare", tags=tags, context=context, lazy=True) as run:
         manifest = {
             "prepare_run_id": run.info.run_id,
             "data": {"name": data_cfg.name, "path": str(data_cfg.path), "digest": digest},
@@ -174,7 +175,8 @@ def run_train(
         f"{tracking.TAG_PREFIX}model_class": model_class,
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
     }
-    with tracking.stage_run(config, "train", tags=tags, context=context) as run:
+    with tracking.stage_run(config, "train", tags=tags, context=context, lazy=True) as run:
+        preload.start(preload.TRAIN, then=[preload.mlflow_requirements_map])  # while the model fits
         started = time.perf_counter()
         fit = build_and_fit(
             family,
@@ -348,7 +350,8 @@ def run_explain(config: Config, context: tracking.RunContext | None = None) -> S
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
         f"{tracking.TAG_PREFIX}explainer": explainer,
     }
-    with tracking.stage_run(config, "explain", tags=tags, context=context) as run:
+    with tracking.stage_run(config, "explain", tags=tags, context=context, lazy=True) as run:
+        preload.start(preload.MLFLOW)  # while SHAP computes
         started = time.perf_counter()
         explanation = explain(
             model,

@@ -13,6 +13,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -356,6 +357,61 @@ def common_tags(config: Config, stage: str) -> dict[str, str]:
     }
 
 
+class StageRun:
+    """A stage's MLflow run, created on first use of :attr:`info` (or by :meth:`start`) and made active.
+
+    A stage can then compute before it touches the store, while MLflow imports on a background thread
+    (:mod:`mmp.preload`): the train stage fits first, and its run still starts when the
+    stage did (``start_time``).
+    """
+
+    def __init__(self, config: Config, stage: str, tags: dict[str, str], context: RunContext | None) -> None:
+        self._config, self._stage, self._tags, self._context = config, stage, tags, context
+        self._started_ms = int(time.time() * 1000)
+        self._run: Any = None
+
+    @property
+    def started(self) -> bool:
+        return self._run is not None
+
+    @property
+    def info(self) -> Any:
+        return self.start().info
+
+    def start(self, resume_run_id: str | None = None) -> Any:
+        """Create the run (or reopen ``resume_run_id``), make it the active run, log the params."""
+        if self._run is not None:
+            return self._run
+        import mlflow
+
+        config = self._config
+        experiment_id = setup(config)
+        try:
+            if resume_run_id:
+                self._run = mlflow.start_run(run_id=resume_run_id)
+                return self._run
+            run_tags = {**common_tags(config, self._stage), **self._tags}
+            if self._context:
+                run_tags.update(self._context.tags)
+                if self._context.parent_run_id:
+                    run_tags["mlflow.parentRunId"] = self._context.parent_run_id
+            from mlflow.tracking.context.registry import resolve_tags
+
+            # As mlflow.start_run would: its default tags (user, source) under ours, and our start time.
+            created = mlflow.MlflowClient().create_run(
+                experiment_id,
+                start_time=self._started_ms,
+                tags=resolve_tags(run_tags),
+                run_name=_run_name(config, self._stage, run_tags),
+            )
+            self._run = mlflow.start_run(run_id=created.info.run_id)
+            mlflow.log_params(params_of(config))
+        except mlflow.exceptions.MlflowException as exc:
+            uri = mlflow.get_tracking_uri()
+            raise TrackingError(describe_failure(uri, exc, config.mlflow.experiment_name)) from None
+        return self._run
+
+
 @contextlib.contextmanager
 def stage_run(
     config: Config,
@@ -364,36 +420,35 @@ def stage_run(
     tags: dict[str, str] | None = None,
     context: RunContext | None = None,
     resume_run_id: str | None = None,
-) -> Iterator[Any]:
+    lazy: bool = False,
+) -> Iterator[StageRun]:
     """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises.
 
+    ``lazy``: the run is created on first use of ``run.info`` (see :class:`StageRun`); the block must not
+    call MLflow's fluent API before that. If the block fails first, the run is created FAILED.
     ``resume_run_id`` reopens an existing run instead (``mmp mirror``). A :class:`MirrorDeferred` raised
     by :func:`mirror` ends the block quietly: the stage's work is done and only its mirror is pending.
     """
-    import mlflow
-
-    setup(config)
+    run = StageRun(config, stage, tags or {}, context)
+    if resume_run_id or not lazy:
+        run.start(resume_run_id)
     try:
-        if resume_run_id:
-            run = mlflow.start_run(run_id=resume_run_id)
-        else:
-            run_tags = {**common_tags(config, stage), **(tags or {})}
-            if context:
-                run_tags.update(context.tags)
-                if context.parent_run_id:
-                    run_tags["mlflow.parentRunId"] = context.parent_run_id
-            run = mlflow.start_run(run_name=_run_name(config, stage, run_tags), tags=run_tags)
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(describe_failure(mlflow.get_tracking_uri(), exc, config.mlflow.experiment_name)) from None
-    try:
-        mlflow.log_params(params_of(config))
         yield run
+        run.start()  # a block that never used its run still records one
     except MirrorDeferred as deferred:
         log.warning("%s", deferred)
+        import mlflow
+
         with contextlib.suppress(Exception):
             mlflow.end_run(status="FAILED")  # if the store is back already; `mmp mirror` resumes it either way
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Pruned)) else "FAILED"
+        with contextlib.suppress(Exception):
+            run.start()  # a lazy run that failed before its first use
+        if not run.started:
+            raise
+        import mlflow
+
         if isinstance(exc, Pruned):
             exc.run_id = run.info.run_id
             with contextlib.suppress(Exception):
@@ -404,6 +459,8 @@ def stage_run(
             mlflow.end_run(status=status)
         raise
     else:
+        import mlflow
+
         if (active := mlflow.active_run()) is not None and active.info.run_id == run.info.run_id:
             mlflow.end_run(status="FINISHED")
 
@@ -421,7 +478,12 @@ MirrorFunction = Callable[[Config, Any, dict[str, Any]], None]
 
 
 def mirror(
-    config: Config, stage: str, run: Any, mirror_fn: MirrorFunction, extras: dict[str, Any], outputs: list[Path]
+    config: Config,
+    stage: str,
+    run: StageRun,
+    mirror_fn: MirrorFunction,
+    extras: dict[str, Any],
+    outputs: list[Path],
 ) -> None:
     """Log a finished stage to its run with ``mirror_fn`` (which reads the stage's DVC outputs) and end it.
 
@@ -432,6 +494,7 @@ def mirror(
 
     from mmp import pending
 
+    run.start()  # a lazy run that the stage has not used yet
     try:
         mirror_fn(config, run, extras)
         mlflow.end_run(status="FINISHED")
