@@ -154,3 +154,42 @@ def test_row_encoding_matches_frame_transform(frame: pl.DataFrame, family: str) 
     extra = pl.DataFrame({"age": [None, 41.0, float("nan")], "town": ["west", None, "north"], "label": ["no"] * 3})
     rows = pl.concat([frame, extra])
     np.testing.assert_array_equal(pre.encode_rows(rows.to_dicts()), pre.transform(rows))
+
+
+def sklearn_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """What classification_metrics reports, computed by scikit-learn itself."""
+    from sklearn import metrics
+
+    labels = list(range(proba.shape[1]))
+    predicted = proba.argmax(axis=1)
+    result = {
+        "accuracy": metrics.accuracy_score(y, predicted),
+        "precision_macro": metrics.precision_score(y, predicted, average="macro", labels=labels, zero_division=0),
+        "recall_macro": metrics.recall_score(y, predicted, average="macro", labels=labels, zero_division=0),
+        "f1_macro": metrics.f1_score(y, predicted, average="macro", labels=labels, zero_division=0),
+        "log_loss": metrics.log_loss(y, np.clip(proba, 1e-15, 1.0), labels=labels),
+    }
+    if len(np.unique(y)) == len(labels):
+        result["roc_auc"] = (
+            metrics.roc_auc_score(y, proba[:, 1])
+            if len(labels) == 2
+            else metrics.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels)
+        )
+    return result
+
+
+@pytest.mark.parametrize(
+    ("classes", "rows", "dtype"), [(2, 50_000, np.float32), (3, 2_000, np.float64), (4, 500, np.float32)]
+)
+def test_classification_metrics_equal_scikit_learns(classes: int, rows: int, dtype: type) -> None:
+    rng = np.random.default_rng(classes)
+    y = rng.integers(0, classes, rows)
+    raw = np.round(rng.random((rows, classes)) * 4) + np.eye(classes)[y] * 2 + 0.5  # many tied scores
+    proba = (raw / raw.sum(axis=1, keepdims=True)).astype(dtype)
+    assert classification_metrics(y, proba) == pytest.approx(sklearn_metrics(y, proba), rel=1e-12, abs=1e-15)
+
+    # A class that is never predicted, and one missing from this split (no AUC then).
+    y = np.array([0, 0, 1, 1, 0])
+    proba = np.array([[0.9, 0.1, 0], [0.8, 0.2, 0], [0.6, 0.4, 0], [0.3, 0.7, 0], [0.5, 0.5, 0]])
+    assert classification_metrics(y, proba) == pytest.approx(sklearn_metrics(y, proba), rel=1e-12)
+    assert "roc_auc" not in classification_metrics(y, proba)

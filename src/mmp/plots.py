@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from mmp.metrics import ranked_counts
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -259,12 +261,8 @@ def _curves(truth: np.ndarray, scores: np.ndarray) -> tuple[_Curve | None, _Curv
     """
     if not truth.any():
         return None, None
-    order = np.argsort(-scores)
-    ranked, hits = scores[order], truth[order]
-    last = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]  # last row of each distinct score
-    true_pos = np.cumsum(hits, dtype=np.int64)[last]
-    false_pos = last + 1 - true_pos
-    thresholds = np.r_[np.nan, ranked[last]]
+    true_pos, false_pos, distinct = ranked_counts(truth, scores)
+    thresholds = np.r_[np.nan, distinct]
     recall = np.r_[0.0, true_pos / true_pos[-1]]
     precision = np.r_[1.0, true_pos / (true_pos + false_pos)]
     average_precision = float(np.sum(np.diff(recall) * precision[1:]))
