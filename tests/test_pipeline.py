@@ -54,6 +54,9 @@ def test_runs_are_mirrored_to_mlflow(repro_project: Project) -> None:
     metrics = train.data.metrics
     assert metrics["test_roc_auc"] >= 0.80
     assert {"train_accuracy", "valid_log_loss", "test_f1_macro"} <= set(metrics)
+    # The run is created after the fit but starts when the stage did: its span covers the fit.
+    assert train.info.end_time - train.info.start_time >= metrics["fit_seconds"] * 1000
+    assert train.data.tags["mlflow.user"] and train.data.tags["mlflow.source.type"]
     history = repro_project.client().get_metric_history(train.info.run_id, "valid_curve_logloss")
     assert len(history) > 5 and history[0].step == 0  # learning curve as step metrics
 
