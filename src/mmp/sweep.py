@@ -278,7 +278,7 @@ def _is_number(value: Any) -> bool:
 
 
 def run_job(
-    raw: dict[str, Any] | Callable[[], dict[str, Any]],
+    compose: Callable[[], dict[str, Any]],
     *,
     root: Path,
     sweep: Sweep,
@@ -289,8 +289,8 @@ def run_job(
 ) -> JobResult:
     """Run one configuration: prepare (or reuse), train and explain into the job's own folder.
 
-    A failing job is recorded (status FAILED, the error) and does not stop the sweep. ``raw`` is the
-    composed config or a function composing it (so that a bad job's config error is recorded too).
+    A failing job is recorded (status FAILED, the error) and does not stop the sweep. ``compose`` returns
+    the job's composed config: called here, so that a bad job's config error is recorded too.
     ``on_iteration`` may raise :class:`Pruned` to stop an unpromising trial (status PRUNED).
     """
     from mmp.explain import ExplainError
@@ -300,7 +300,7 @@ def run_job(
     result = JobResult(job, overrides, "FAILED")
     started = time.perf_counter()
     try:
-        config = from_dict(raw() if callable(raw) else raw, root=root, overrides=tuple(overrides))
+        config = from_dict(compose(), root=root, overrides=tuple(overrides))
         config = job_paths(prepared(config, sweep), folder)
         result.task = prepared_task(config)
         trained = run_train(config, sweep.job_context(job, overrides), on_iteration)
