@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import importlib
 import json
 import os
@@ -417,30 +418,28 @@ class TrainedModel:
             return self._predict_proba(x)
 
     def _predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if predict := self._booster_plan():
+        if predict := self._xgboost_probabilities:
             proba = predict(x)
             return np.column_stack([1.0 - proba, proba]) if proba.ndim == 1 else proba
         return np.asarray(self.estimator.predict_proba(x))
 
-    def _booster_plan(self) -> Callable[[np.ndarray], np.ndarray] | None:
+    @functools.cached_property
+    def _xgboost_probabilities(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """XGBoost's booster as a function of the feature matrix, for objectives that predict the probability.
 
         XGBClassifier.predict_proba adds ~85 us a call, its get_params() ~300 us, and inplace_predict's
         Python ~100 us: all of it is done once here (:mod:`mmp.xgboost_predict`), not per request.
         """
-        if "_plan" not in self.__dict__:
-            plan = None
-            estimator = self.estimator
-            if self.family.name == "xgboost" and estimator.get_params().get("objective") in _PROBABILITY_OBJECTIVES:
-                from mmp.xgboost_predict import dense_predictor
+        estimator = self.estimator
+        if self.family.name != "xgboost" or estimator.get_params().get("objective") not in _PROBABILITY_OBJECTIVES:
+            return None
+        from mmp.xgboost_predict import dense_predictor
 
-                try:
-                    iterations = (0, estimator.best_iteration + 1)
-                except AttributeError:
-                    iterations = (0, 0)
-                plan = dense_predictor(estimator.get_booster(), iterations)
-            self.__dict__["_plan"] = plan
-        return self.__dict__["_plan"]
+        try:
+            iterations = (0, estimator.best_iteration + 1)
+        except AttributeError:
+            iterations = (0, 0)
+        return dense_predictor(estimator.get_booster(), iterations)
 
     def predict_value(self, x: np.ndarray) -> np.ndarray:
         """Regression predictions."""
