@@ -57,7 +57,9 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     family = check_model_name(config.recipe.model.name)
     data_cfg = config.data
     data_path = config.resolve(data_cfg.path)
-    preload.start(preload.MLFLOW)  # while Polars reads
+    # MLflow loads on a thread while Polars reads: this stage's work is shorter than a recorder process's
+    # start (see mmp.recorder), and the thread shares the modules already loaded here.
+    preload.start(preload.MLFLOW)
     frame = data_lib.load(data_cfg, data_path)
     cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
     class_path(family, cleaned.task)  # the model must be able to do this task
@@ -160,6 +162,7 @@ def run_train(
     """
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     family = check_model_name(config.recipe.model.name)
+    recorder = tracking.start_recorder(config, "train", context)
     manifest, preprocessor, splits = load_prepared(config)
     task = manifest["task"]
     if config.recipe.task not in ("auto", task) and not (config.recipe.task == "multiclass" and task == "binary"):
@@ -175,8 +178,12 @@ def run_train(
         f"{tracking.TAG_PREFIX}model_class": model_class,
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
     }
-    with tracking.stage_run(config, "train", tags=tags, context=context, lazy=True) as run:
-        preload.start(preload.TRAIN, then=[preload.mlflow_requirements_map])  # while the model fits
+    with tracking.stage_run(config, "train", tags=tags, context=context, lazy=True, recorder=recorder) as run:
+        # While the model fits: the charts' modules, and MLflow's unless the recorder has it.
+        if recorder is None:
+            preload.start(preload.TRAIN, then=[preload.mlflow_requirements_map])
+        else:
+            preload.start(preload.CHARTS)
         started = time.perf_counter()
         fit = build_and_fit(
             family,
@@ -332,6 +339,7 @@ def run_explain(config: Config, context: tracking.RunContext | None = None) -> S
     from mmp.models import MODEL_INFO_FILE
 
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
+    recorder = tracking.start_recorder(config, "explain", context)
     manifest, preprocessor, splits = load_prepared(config)
     model_dir = config.resolve(config.paths.model_dir)
     if not (model_dir / MODEL_INFO_FILE).is_file():
@@ -350,8 +358,9 @@ def run_explain(config: Config, context: tracking.RunContext | None = None) -> S
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
         f"{tracking.TAG_PREFIX}explainer": explainer,
     }
-    with tracking.stage_run(config, "explain", tags=tags, context=context, lazy=True) as run:
-        preload.start(preload.MLFLOW)  # while SHAP computes
+    with tracking.stage_run(config, "explain", tags=tags, context=context, lazy=True, recorder=recorder) as run:
+        if recorder is None:
+            preload.start(preload.MLFLOW)  # while SHAP computes
         started = time.perf_counter()
         explanation = explain(
             model,

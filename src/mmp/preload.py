@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 log = logging.getLogger(__name__)
 
 MLFLOW = ("mlflow", "mlflow.store.tracking.sqlalchemy_store")  # the store: SQLAlchemy and alembic
+CHARTS = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 # The train stage's end: the pyfunc model and the evaluation charts.
-TRAIN = (*MLFLOW, "mlflow.pyfunc", "matplotlib.figure", "matplotlib.backends.backend_agg")
+TRAIN = (*MLFLOW, "mlflow.pyfunc", *CHARTS)
 
 
 def start(modules: Sequence[str], *, then: Sequence[Callable[[], None]] = ()) -> None:

@@ -19,12 +19,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmp.config import Config, flatten, tracking_root
 from mmp.errors import Pruned, TrackingError
 from mmp.outputs import file_lock
 from mmp.redaction import redact
+
+if TYPE_CHECKING:
+    from mmp.recorder import RecordedRun, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -365,9 +368,16 @@ class StageRun:
     stage did (``start_time``).
     """
 
-    def __init__(self, config: Config, stage: str, tags: dict[str, str], context: RunContext | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        stage: str,
+        tags: dict[str, str],
+        context: RunContext | None,
+        started_ms: int | None = None,
+    ) -> None:
         self._config, self._stage, self._tags, self._context = config, stage, tags, context
-        self._started_ms = int(time.time() * 1000)
+        self._started_ms = started_ms or int(time.time() * 1000)
         self._run: Any = None
 
     @property
@@ -377,6 +387,10 @@ class StageRun:
     @property
     def info(self) -> Any:
         return self.start().info
+
+    def add_tags(self, tags: dict[str, str]) -> None:
+        """Tags for the run when it is created (a recorder learns them as the stage goes)."""
+        self._tags.update(tags)
 
     def start(self, resume_run_id: str | None = None) -> Any:
         """Create the run (or reopen ``resume_run_id``), make it the active run, log the params."""
@@ -421,15 +435,22 @@ def stage_run(
     context: RunContext | None = None,
     resume_run_id: str | None = None,
     lazy: bool = False,
-) -> Iterator[StageRun]:
+    recorder: Recorder | None = None,
+    started_ms: int | None = None,
+) -> Iterator[StageRun | RecordedRun]:
     """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises.
 
     ``lazy``: the run is created on first use of ``run.info`` (see :class:`StageRun`); the block must not
     call MLflow's fluent API before that. If the block fails first, the run is created FAILED.
     ``resume_run_id`` reopens an existing run instead (``mmp mirror``). A :class:`MirrorDeferred` raised
     by :func:`mirror` ends the block quietly: the stage's work is done and only its mirror is pending.
+    With a ``recorder`` (:func:`start_recorder`) the run is kept by that process; the block is the same.
     """
-    run = StageRun(config, stage, tags or {}, context)
+    if recorder is not None:
+        with _recorded_stage_run(recorder, tags or {}) as recorded:
+            yield recorded
+        return
+    run = StageRun(config, stage, tags or {}, context, started_ms)
     if resume_run_id or not lazy:
         run.start(resume_run_id)
     try:
@@ -442,7 +463,7 @@ def stage_run(
         with contextlib.suppress(Exception):
             mlflow.end_run(status="FAILED")  # if the store is back already; `mmp mirror` resumes it either way
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Pruned)) else "FAILED"
+        status = getattr(exc, "run_status", None) or failed_status(exc)
         with contextlib.suppress(Exception):
             run.start()  # a lazy run that failed before its first use
         if not run.started:
@@ -465,6 +486,45 @@ def stage_run(
             mlflow.end_run(status="FINISHED")
 
 
+def failed_status(exc: BaseException) -> str:
+    """The status of a run whose stage raised ``exc``."""
+    return "KILLED" if isinstance(exc, (KeyboardInterrupt, Pruned)) else "FAILED"
+
+
+def start_recorder(config: Config, stage: str, context: RunContext | None) -> Recorder | None:
+    """A recorder process (:mod:`mmp.recorder`) for a stand-alone stage run, started at the top of the stage.
+
+    None inside sweeps (``context``) and wherever MLflow is loaded already: there it costs nothing more
+    in-process. ``MMP_RECORDER=0`` turns recorders off.
+    """
+    if context is not None or "mlflow" in sys.modules or os.environ.get("MMP_RECORDER") == "0":
+        return None
+    from mmp.recorder import Recorder
+
+    return Recorder.spawn(config, stage, int(time.time() * 1000), logging.getLogger().isEnabledFor(logging.DEBUG))
+
+
+@contextlib.contextmanager
+def _recorded_stage_run(recorder: Recorder, tags: dict[str, str]) -> Iterator[RecordedRun]:
+    from mmp.recorder import RecordedRun
+
+    run = RecordedRun(recorder, tags)
+    try:
+        yield run
+    except MirrorDeferred:
+        pass  # the recorder logged it
+    except BaseException as exc:
+        try:
+            run.end(exc)
+        except TrackingError as gone:
+            log.debug("%s", gone)
+        if isinstance(exc, Pruned) and run.started:
+            exc.run_id = run.info.run_id
+        raise
+    else:
+        run.end(None)
+
+
 def _run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
     run_name = f"{stage}-{config.recipe.name}"
     if job := run_tags.get(f"{TAG_PREFIX}sweep_job"):
@@ -480,7 +540,7 @@ MirrorFunction = Callable[[Config, Any, dict[str, Any]], None]
 def mirror(
     config: Config,
     stage: str,
-    run: StageRun,
+    run: StageRun | RecordedRun,
     mirror_fn: MirrorFunction,
     extras: dict[str, Any],
     outputs: list[Path],
@@ -490,6 +550,10 @@ def mirror(
     ``extras`` holds what the outputs do not (timings, learning curves). If the store fails, a pending
     record is written for ``mmp mirror`` and :class:`MirrorDeferred` ends the stage's run block.
     """
+    if not isinstance(run, StageRun):  # kept by a recorder process, which mirrors it
+        if warning := run.mirror(mirror_fn, extras, outputs):
+            raise MirrorDeferred(warning)
+        return
     import mlflow
 
     from mmp import pending

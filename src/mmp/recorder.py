@@ -1,0 +1,300 @@
+"""A stage's MLflow run kept by a helper process, the recorder, so that MLflow loads beside the stage's work.
+
+Importing MLflow and its SQLite store costs about 2 CPU-seconds of Python in every stage process. On a
+thread it competes with the stage for the GIL, and during a fit for the cores that the fit keeps busy
+(a 1M-row fit ran 3 s longer with it). A process started at the top of a stage imports on the core that
+the stage's single-threaded start (imports, reading, encoding) leaves idle, then sleeps on its pipe
+until the stage needs its run.
+
+The stage talks to it in JSON lines: ``start`` (create the run, answer its id), ``mirror`` (log the
+finished stage with the same mirror function that ``mmp mirror`` replays, then end the run),
+``finish`` and ``fail``. The recorder runs the same :func:`mmp.tracking.stage_run` as an in-process
+stage does, so the runs are the same either way. If the stage process dies, the recorder sees its pipe
+close and ends the run KILLED.
+
+Only stand-alone stage runs in a process that has not loaded MLflow use a recorder (the stage scripts,
+``mmp train``); sweeps keep MLflow in their own process, where it is loaded once for all their jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import IO, Any
+
+from mmp.config import Config
+from mmp.errors import Pruned, TrackingError
+from mmp.redaction import redact
+
+log = logging.getLogger(__name__)
+
+
+class RecorderGone(TrackingError):
+    """The recorder process stopped before it answered."""
+
+
+class Recorder:
+    """The stage's end of the pipe to its recorder process."""
+
+    def __init__(self, process: subprocess.Popen[bytes], replies: IO[bytes]) -> None:
+        self._process, self._replies = process, replies
+        self.closed = False
+
+    @classmethod
+    def spawn(cls, config: Config, stage: str, started_ms: int, verbose: bool) -> Recorder | None:
+        """Start a recorder for ``stage``; None if it cannot start (the stage then records in-process)."""
+        read_end, write_end = os.pipe()
+        package_parent = str(Path(__file__).resolve().parents[1])
+        python_path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": python_path}
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mmp.recorder", str(write_end)],
+                stdin=subprocess.PIPE,
+                pass_fds=(write_end,),
+                env=env,
+            )
+        except OSError as exc:
+            log.debug("no recorder process (%s); recording in-process", exc)
+            os.close(read_end)
+            return None
+        finally:
+            os.close(write_end)
+        recorder = cls(process, os.fdopen(read_end, "rb"))
+        opening = {
+            "config": config.as_dict(),
+            "root": str(config.root),
+            "overrides": list(config.overrides),
+            "stage": stage,
+            "started_ms": started_ms,
+            "verbose": verbose,
+        }
+        try:
+            recorder._send(opening)
+        except RecorderGone:
+            recorder.close()
+            return None
+        return recorder
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send one command and wait for its answer."""
+        self._send(message)
+        line = self._replies.readline()
+        if not line:
+            self.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=10)
+            raise RecorderGone(
+                f"The MLflow recorder process stopped (exit code {self._process.returncode}) before the run was "
+                "recorded; the messages above say why, and --verbose shows more"
+            )
+        return json.loads(line)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(json.dumps(message).encode() + b"\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise RecorderGone("The MLflow recorder process stopped before the run was recorded") from None
+
+    def close(self) -> None:
+        """Close the pipe: the recorder exits once it has answered (the stage need not wait for that)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            if self._process.stdin is not None:
+                self._process.stdin.close()
+        self._replies.close()
+
+
+class RecordedRun:
+    """What a stage block sees of a run kept by a recorder: ``info`` (``run_id``, ``experiment_id``)."""
+
+    def __init__(self, recorder: Recorder, tags: dict[str, str]) -> None:
+        self._recorder, self._tags = recorder, tags
+        self._info: SimpleNamespace | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._info is not None
+
+    @property
+    def info(self) -> SimpleNamespace:
+        return self.start()
+
+    def start(self) -> SimpleNamespace:
+        if self._info is None:
+            self._info = _run_info(_answer(self._recorder.request({"op": "start", "tags": self._tags})))
+        return self._info
+
+    def mirror(self, mirror_fn: Any, extras: dict[str, Any], outputs: list[Path]) -> str | None:
+        """Mirror the finished stage in the recorder; the warning if the store deferred it, else None."""
+        command = {
+            "op": "mirror",
+            "tags": self._tags,
+            "function": f"{mirror_fn.__module__}:{mirror_fn.__qualname__}",
+            "extras": extras,
+            "outputs": [str(path) for path in outputs],
+        }
+        try:
+            answer = _answer(self._recorder.request(command))
+        finally:
+            self._recorder.close()  # the mirror ends the run: the recorder is done
+        self._info = self._info or _run_info(answer)
+        return answer.get("deferred")
+
+    def end(self, exc: BaseException | None) -> None:
+        """End the run: FINISHED, or FAILED/KILLED with the error (a no-op once mirrored)."""
+        if self._recorder.closed:
+            return
+        try:
+            if exc is None:
+                answer = _answer(self._recorder.request({"op": "finish", "tags": self._tags}))
+            else:
+                from mmp.tracking import failed_status
+
+                command = {
+                    "op": "fail",
+                    "tags": self._tags,
+                    "status": failed_status(exc),
+                    "pruned": isinstance(exc, Pruned),
+                    "error": " ".join(str(exc).split()),
+                }
+                answer = self._recorder.request(command)
+            if answer.get("run"):
+                self._info = self._info or _run_info(answer)
+        finally:
+            self._recorder.close()
+
+
+def _answer(reply: dict[str, Any]) -> dict[str, Any]:
+    if error := reply.get("error"):
+        raise TrackingError(error)
+    return reply
+
+
+def _run_info(reply: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(**reply["run"])
+
+
+# --------------------------------------------------------------------------- the recorder process
+
+
+class _StageStopped(Exception):
+    """The stage failed, was stopped, or its process went away: the run ends with ``status``."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.run_status = status
+
+
+def _serve(replies: IO[str]) -> None:
+    from mmp import tracking
+    from mmp.cli import _setup_logging
+    from mmp.config import from_dict
+
+    opening = json.loads(sys.stdin.readline() or "null")
+    if opening is None:
+        return  # the stage went away before it said anything
+    _setup_logging(opening["verbose"])
+    if nice := int(os.environ.get("MMP_RECORDER_NICE", "0")):
+        os.nice(nice)
+    stage = opening["stage"]
+    for module in ("mlflow", "mlflow.store.tracking.sqlalchemy_store"):
+        importlib.import_module(module)
+    config = from_dict(opening["config"], root=Path(opening["root"]), overrides=tuple(opening["overrides"]))
+    if stage == "train":
+        threading.Thread(target=_warm_up_train, args=(config,), name="warm-up", daemon=True).start()
+
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
+    def info(run: tracking.StageRun) -> dict[str, Any]:
+        return {"run": {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}} if run.started else {}
+
+    commands = (json.loads(line) for line in sys.stdin)
+    first = next(commands, None)
+    if first is None:
+        return  # the stage stopped before its run block (bad data, say): it has no run
+    deferred = None
+    run = None
+    try:
+        with tracking.stage_run(config, stage, lazy=True, started_ms=opening["started_ms"]) as run:
+            for command in itertools.chain([first], commands):
+                run.add_tags(command.get("tags", {}))
+                op = command["op"]
+                if op == "start":
+                    try:
+                        run.start()
+                    except TrackingError as exc:
+                        reply({"error": str(exc)})
+                        continue
+                    reply(info(run))
+                elif op == "mirror":
+                    module, name = command["function"].split(":")
+                    mirror_fn = getattr(importlib.import_module(module), name)
+                    outputs = [Path(path) for path in command["outputs"]]
+                    try:
+                        tracking.mirror(config, stage, run, mirror_fn, command["extras"], outputs)
+                    except tracking.MirrorDeferred as exc:
+                        deferred = str(exc)
+                        raise
+                    break
+                elif op == "finish":
+                    break
+                elif command["pruned"]:  # fail, a pruned search trial
+                    raise Pruned(command["error"])
+                else:  # fail
+                    raise _StageStopped(command["error"], command["status"])
+            else:
+                raise _StageStopped("The stage process ended before its run was finished", "KILLED")
+    except (_StageStopped, Pruned):
+        reply(info(run) if run is not None else {})
+    except Exception as exc:
+        log.debug("recording the %s run failed", stage, exc_info=True)
+        reply({"error": redact(" ".join(str(exc).split())) or type(exc).__name__})
+    else:
+        reply({**info(run), "deferred": deferred} if run is not None else {})
+
+
+def _warm_up_train(config: Config) -> None:
+    """Load what the train mirror needs besides MLflow, at the lowest priority: during the fit it only
+    takes a core's idle moments. The pyfunc flavour, MLflow's package map for ``log_model`` (0.6 s) and
+    the model's library, which the mirror loads to predict the signature's example (XGBoost: 1 s)."""
+    from mmp import preload
+    from mmp.models import check_model_name
+
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    family = check_model_name(config.recipe.model.name)
+    libraries = {path.split(":")[0] for path in (family.classifier, family.regressor) if path}
+    try:
+        for module in ("mlflow.pyfunc", "mlflow.models.signature", "mmp.predictor", *libraries):
+            importlib.import_module(module)
+        preload.mlflow_requirements_map()
+    except Exception:  # the mirror meets it again, and reports it
+        log.debug("warming up the train mirror failed", exc_info=True)
+
+
+def main(argv: list[str]) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the stage, which tells us how it ended
+    with os.fdopen(int(argv[0]), "w") as replies, contextlib.suppress(BrokenPipeError):
+        _serve(replies)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

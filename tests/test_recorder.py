@@ -1,0 +1,111 @@
+"""The recorder process that keeps a train or explain stage's MLflow run (src/mmp/recorder.py).
+
+Real recorder processes and a real SQLite store in a project copy; the stage side is driven through the
+same objects the stages use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import BIN, Project
+from mmp.config import load_config
+from mmp.errors import DataError
+from mmp.recorder import RecordedRun, Recorder
+
+STAGE_THAT_DIES = """
+import sys, time
+from pathlib import Path
+from mmp.config import load_config
+from mmp.recorder import RecordedRun, Recorder
+
+config = load_config(from_params=True, root=Path.cwd())
+run = RecordedRun(Recorder.spawn(config, "train", int(time.time() * 1000), False), {"mmp.task": "binary"})
+print(run.info.run_id, flush=True)
+time.sleep(600)  # killed here, as a stage killed in the middle of its work
+"""
+
+
+def _wait_for_status(project: Project, run_id: str, timeout: float = 60) -> object:
+    client = project.client()
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get_run(run_id)
+        if run.info.status != "RUNNING" or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def test_a_killed_stage_leaves_its_run_killed_not_running(project: Project) -> None:
+    stage = subprocess.Popen(
+        [str(BIN / "python"), "-c", STAGE_THAT_DIES],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert stage.stdout is not None
+        run_id = stage.stdout.readline().strip()
+        assert len(run_id) == 32, f"the stage printed no run id: {run_id!r}"
+        assert project.client().get_run(run_id).info.status == "RUNNING"
+    finally:
+        os.kill(stage.pid, signal.SIGKILL)
+        stage.wait()
+    run = _wait_for_status(project, run_id)
+    assert run.info.status == "KILLED"
+    assert "ended before its run was finished" in run.data.tags["mmp.error"]
+    assert run.data.tags["mmp.task"] == "binary"
+    assert run.data.tags["mmp.stage"] == "train"
+    assert run.data.params["recipe.name"] == "xgb-baseline"
+
+
+def test_a_stage_that_fails_first_gets_a_failed_run_with_its_error(project: Project) -> None:
+    config = load_config(from_params=True, root=project.root)
+    started_ms = int(time.time() * 1000)
+    run = RecordedRun(Recorder.spawn(config, "explain", started_ms, False), {"mmp.explainer": "tree"})
+    run.end(DataError("No trained model in models; run the train stage first (dvc repro)"))
+    assert run.started
+    recorded = project.client().get_run(run.info.run_id)
+    assert recorded.info.status == "FAILED"
+    assert recorded.info.start_time == started_ms
+    assert recorded.data.tags["mmp.error"] == "No trained model in models; run the train stage first (dvc repro)"
+    assert recorded.data.tags["mmp.explainer"] == "tree"
+
+
+def test_a_stage_that_stops_before_its_run_block_leaves_no_run(project: Project) -> None:
+    config = load_config(from_params=True, root=project.root)
+    recorder = Recorder.spawn(config, "train", int(time.time() * 1000), False)
+    assert recorder is not None
+    process = recorder._process
+    recorder.close()  # as a stage that met bad data before it used its run
+    assert process.wait(timeout=60) == 0
+    assert project.runs() == []
+
+
+def test_train_stage_hands_its_run_to_a_recorder(project: Project, tmp_path: Path) -> None:
+    """The train stage's own process never opens the store; its run is complete all the same."""
+    project.run(str(BIN / "python"), "stages/prepare.py")
+    trace = tmp_path / "modules.txt"
+    probe = (
+        "import sys; from mmp.cli import stage_main; code = stage_main('train', []); "
+        f"open({str(trace)!r}, 'w').write(chr(10).join(sys.modules)); sys.exit(code)"
+    )
+    project.run(str(BIN / "python"), "-c", probe)
+    loaded = set(trace.read_text().split())
+    assert "xgboost" in loaded  # the probe did train
+    assert "mlflow.store.tracking.sqlalchemy_store" not in loaded
+    run = project.runs("train")[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_roc_auc"] >= 0.80
+    assert run.data.tags["mmp.prepare_run_id"] == project.runs("prepare")[0].info.run_id
+    client = project.client()
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert len(models) == 1
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "metrics.json", "plots"}
