@@ -248,7 +248,8 @@ BARRIER = """
 import os, sys, time
 from pathlib import Path
 
-if sys.argv and sys.argv[0].endswith("stages/train.py"):
+# The train stage, and the recorder process that mirrors its run (src/mmp/recorder.py).
+if (sys.argv and sys.argv[0].endswith("stages/train.py")) or "mmp.recorder" in sys.orig_argv:
     from mmp import pipeline
 
     barrier, mirror = Path(os.environ["MMP_TEST_BARRIER"]), pipeline._mirror_train
@@ -267,7 +268,8 @@ def test_server_dying_during_a_stage_loses_nothing(team: Team, tmp_path_factory:
     """`dvc repro` against the server, which is killed (SIGKILL) while the train stage is being mirrored.
 
     Deterministic without a hook in mmp: a `sitecustomize` module on the stage's PYTHONPATH wraps the train
-    stage's mirror function so that it waits on a file barrier. The test kills the server at the barrier,
+    stage's mirror function (in the stage's recorder process, which mirrors the run) so that it waits on a
+    file barrier. The test kills the server at the barrier,
     then lets the stage go on into a dead server. Train must keep its outputs and exit 0 (so DVC records it
     in dvc.lock); explain then fails at once on the dead server. With the server restarted on the same store
     and port, `mmp mirror` completes the train run from the outputs, and `dvc repro` runs only explain.

@@ -230,17 +230,15 @@ def _fit_categorical(series: pl.Series, encoding: str, family: ModelFamily, max_
 
 def _fit_numeric(series: pl.Series, imputation: str, scaling: str) -> ColumnState:
     values = series.cast(pl.Float64)
-    valid = values.drop_nulls().drop_nans()
     impute = None
-    if imputation == "median":
-        impute = float(valid.median())  # type: ignore[arg-type]
-    elif imputation == "mean":
-        impute = float(valid.mean())  # type: ignore[arg-type]
+    if imputation in ("median", "mean"):
+        valid = values.drop_nulls().drop_nans()
+        impute = float(valid.median() if imputation == "median" else valid.mean())  # type: ignore[arg-type]
     elif imputation == "zero":
         impute = 0.0
     mean = std = None
     if scaling == "standard":
-        filled = values.fill_null(impute) if impute is not None else valid
+        filled = values.fill_null(impute) if impute is not None else values.drop_nulls().drop_nans()
         mean = float(filled.mean())  # type: ignore[arg-type]
         std = float(filled.std() or 0.0) or 1.0  # type: ignore[arg-type]
     return ColumnState(
