@@ -24,7 +24,7 @@ from mmp.config import load_config
 from mmp.recorder import RecordedRun, Recorder
 
 config = load_config(from_params=True, root=Path.cwd())
-run = RecordedRun(Recorder.spawn(config, "train", int(time.time() * 1000), False), {"mmp.task": "binary"})
+run = RecordedRun(Recorder.spawn(config, "train"), {"mmp.task": "binary"})
 print(run.info.run_id, flush=True)
 time.sleep(600)  # killed here, as a stage killed in the middle of its work
 """
@@ -66,20 +66,21 @@ def test_a_killed_stage_leaves_its_run_killed_not_running(project: Project) -> N
 
 def test_a_stage_that_fails_first_gets_a_failed_run_with_its_error(project: Project) -> None:
     config = load_config(from_params=True, root=project.root)
-    started_ms = int(time.time() * 1000)
-    run = RecordedRun(Recorder.spawn(config, "explain", started_ms, False), {"mmp.explainer": "tree"})
+    recorder = Recorder.spawn(config, "explain")
+    assert recorder is not None
+    run = RecordedRun(recorder, {"mmp.explainer": "tree"})
     run.end(DataError("No trained model in models; run the train stage first (dvc repro)"))
     assert run.started
     recorded = project.client().get_run(run.info.run_id)
     assert recorded.info.status == "FAILED"
-    assert recorded.info.start_time == started_ms
+    assert recorded.info.start_time == recorder.launched_ms
     assert recorded.data.tags["mmp.error"] == "No trained model in models; run the train stage first (dvc repro)"
     assert recorded.data.tags["mmp.explainer"] == "tree"
 
 
 def test_a_stage_that_stops_before_its_run_block_leaves_no_run(project: Project) -> None:
     config = load_config(from_params=True, root=project.root)
-    recorder = Recorder.spawn(config, "train", int(time.time() * 1000), False)
+    recorder = Recorder.spawn(config, "train")
     assert recorder is not None
     process = recorder._process
     recorder.close()  # as a stage that met bad data before it used its run

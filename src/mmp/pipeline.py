@@ -57,9 +57,9 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     family = check_model_name(config.recipe.model.name)
     data_cfg = config.data
     data_path = config.resolve(data_cfg.path)
-    # MLflow loads on a thread while Polars reads: this stage's work is shorter than a recorder process's
-    # start (see mmp.recorder), and the thread shares the modules already loaded here.
-    preload.start(preload.MLFLOW)
+    recorder = tracking.start_recorder(config, "prepare", context)
+    if recorder is None:
+        preload.start(preload.MLFLOW)  # while Polars reads
     frame = data_lib.load(data_cfg, data_path)
     cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
     class_path(family, cleaned.task)  # the model must be able to do this task
@@ -79,22 +79,22 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     digest = data_lib.file_digest(data_path)
     rows = {name: part.height for name, part in parts.items()}
     tags = {f"{tracking.TAG_PREFIX}task": cleaned.task, f"{tracking.TAG_PREFIX}data_digest": digest}
-    with tracking.stage_run(config, "prepare", tags=tags, context=context, lazy=True) as run:
-        manifest = {
-            "prepare_run_id": run.info.run_id,
-            "data": {"name": data_cfg.name, "path": str(data_cfg.path), "digest": digest},
-            "task": cleaned.task,
-            "target": data_cfg.target,
-            "classes": cleaned.classes,
-            "rows": rows,
-            "dropped_null_target": cleaned.dropped_null_target,
-            "features": features,
-        }
+    with tracking.stage_run(config, "prepare", tags=tags, context=context, lazy=True, recorder=recorder) as run:
         out_dir = config.resolve(config.paths.prepared_dir)
         with staged_dir(out_dir) as scratch:
-            for name, part in parts.items():
+            for name, part in parts.items():  # first: Polars writes without the GIL while MLflow loads
                 part.write_parquet(scratch / f"{name}.parquet")
             preprocessor.save(scratch / PREPROCESSING_FILE)
+            manifest = {
+                "prepare_run_id": run.info.run_id,
+                "data": {"name": data_cfg.name, "path": str(data_cfg.path), "digest": digest},
+                "task": cleaned.task,
+                "target": data_cfg.target,
+                "classes": cleaned.classes,
+                "rows": rows,
+                "dropped_null_target": cleaned.dropped_null_target,
+                "features": features,
+            }
             write_json_atomic(scratch / MANIFEST_FILE, manifest)
         tracking.mirror(config, "prepare", run, _mirror_prepare, {}, [out_dir])
     log.info(

@@ -2,20 +2,20 @@
 
 Importing MLflow and its SQLite store costs about 2 CPU-seconds of Python in every stage process. On a
 thread it competes with the stage for the GIL, and during a fit for the cores that the fit keeps busy:
-a 1M-row XGBoost fit ran 3 s longer with it. A recorder process started at the top of the train stage
-imports on the core that the stage's single-threaded start (imports, reading, encoding) leaves idle,
-then sleeps on its pipe until the stage needs its run (train on 1M rows: 2.3-2.7 s sooner).
+a 1M-row XGBoost fit ran 3 s longer with it. A recorder process, started as the stage script starts,
+imports on the core that the stage's single-threaded start (imports, composing the config, reading,
+encoding) leaves idle, then sleeps on its pipe until the stage needs its run (train on 1M rows: 2.3-2.7 s
+sooner; prepare about as fast as with a thread).
 
-The stage talks to it in JSON lines: ``start`` (create the run, answer its id), ``mirror`` (log the
-finished stage with the same mirror function that ``mmp mirror`` replays, then end the run),
-``finish`` and ``fail``. The recorder runs the same :func:`mmp.tracking.stage_run` as an in-process
-stage does, so the runs are the same either way. If the stage process dies, the recorder sees its pipe
-close and ends the run KILLED.
+The stage talks to it in JSON lines: an opening (config and stage), then ``start`` (create the run,
+answer its id), ``mirror`` (log the finished stage with the same mirror function that ``mmp mirror``
+replays, then end the run), ``finish`` or ``fail``. The recorder runs the same
+:func:`mmp.tracking.stage_run` as an in-process stage does, so the runs are the same either way. If the
+stage process dies, the recorder sees its pipe close and ends the run KILLED.
 
-The train and explain stages use one when they run alone in a process that has not loaded MLflow (the
-stage scripts, ``mmp train``). Sweeps keep MLflow in their own process, loaded once for all their jobs.
-The prepare stage loads MLflow on a thread (:mod:`mmp.preload`): its work is shorter than a new
-process's start, and a thread shares the modules the stage has loaded already.
+Stages use one when they run alone in a process that has not loaded MLflow: the stage scripts (so
+``dvc repro`` and ``dvc exp run``) and ``mmp train``. Sweeps keep MLflow in their own process, loaded
+once for all their jobs; ``MMP_RECORDER=0`` does the same for a single stage.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, Any
@@ -47,17 +48,22 @@ class RecorderGone(TrackingError):
 class Recorder:
     """The stage's end of the pipe to its recorder process."""
 
-    def __init__(self, process: subprocess.Popen[bytes], replies: IO[bytes]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], replies: IO[bytes], launched_ms: int) -> None:
         self._process, self._replies = process, replies
+        self.launched_ms = launched_ms  # the stage's start: its run's start time
         self.closed = False
 
     @classmethod
-    def spawn(cls, config: Config, stage: str, started_ms: int, verbose: bool) -> Recorder | None:
-        """Start a recorder for ``stage``; None if it cannot start (the stage then records in-process)."""
+    def launch(cls) -> Recorder | None:
+        """Start a recorder process, which loads MLflow and then waits to be told its stage (:meth:`open`).
+
+        None if it cannot start: the stage then records in-process.
+        """
         read_end, write_end = os.pipe()
         package_parent = str(Path(__file__).resolve().parents[1])
         python_path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": python_path}
+        launched_ms = int(time.time() * 1000)
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mmp.recorder", str(write_end)],
@@ -71,21 +77,30 @@ class Recorder:
             return None
         finally:
             os.close(write_end)
-        recorder = cls(process, os.fdopen(read_end, "rb"))
+        return cls(process, os.fdopen(read_end, "rb"), launched_ms)
+
+    @classmethod
+    def spawn(cls, config: Config, stage: str, verbose: bool = False) -> Recorder | None:
+        """A recorder for ``stage``'s run: :meth:`launch`, then :meth:`open`."""
+        recorder = cls.launch()
+        return recorder if recorder is not None and recorder.open(config, stage, verbose) else None
+
+    def open(self, config: Config, stage: str, verbose: bool) -> bool:
+        """Tell the recorder its stage and config; False if it has gone (it is then closed)."""
         opening = {
             "config": config.as_dict(),
             "root": str(config.root),
             "overrides": list(config.overrides),
             "stage": stage,
-            "started_ms": started_ms,
+            "started_ms": self.launched_ms,
             "verbose": verbose,
         }
         try:
-            recorder._send(opening)
+            self._send(opening)
         except RecorderGone:
-            recorder.close()
-            return None
-        return recorder
+            self.close()
+            return False
+        return True
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send one command and wait for its answer."""
@@ -122,6 +137,24 @@ class Recorder:
             log.warning("The MLflow recorder process %d did not exit; stopping it", self._process.pid)
             self._process.kill()
             self._process.wait()
+
+
+RECORDED_STAGES = ("prepare", "train", "explain")  # the stages that start a recorder early
+_launched: Recorder | None = None
+
+
+def launch_early() -> None:
+    """Start the recorder as the stage script starts, before its config is composed: it loads MLflow meanwhile."""
+    global _launched
+    if _launched is None and os.environ.get("MMP_RECORDER") != "0":
+        _launched = Recorder.launch()
+
+
+def for_stage(config: Config, stage: str, verbose: bool) -> Recorder | None:
+    """The recorder for ``stage``: the one started early if any, else a new one; None if none can start."""
+    global _launched
+    recorder, _launched = _launched or Recorder.launch(), None
+    return recorder if recorder is not None and recorder.open(config, stage, verbose) else None
 
 
 class RecordedRun:
@@ -206,19 +239,17 @@ class _StageStopped(Exception):
 
 
 def _serve(replies: IO[str]) -> None:
+    for module in ("mlflow", "mlflow.store.tracking.sqlalchemy_store"):
+        importlib.import_module(module)
     from mmp import tracking
     from mmp.cli import _setup_logging
     from mmp.config import from_dict
 
     opening = json.loads(sys.stdin.readline() or "null")
     if opening is None:
-        return  # the stage went away before it said anything
+        return  # the stage stopped before it needed its run (a bad config, say)
     _setup_logging(opening["verbose"])
-    if nice := int(os.environ.get("MMP_RECORDER_NICE", "0")):
-        os.nice(nice)
     stage = opening["stage"]
-    for module in ("mlflow", "mlflow.store.tracking.sqlalchemy_store"):
-        importlib.import_module(module)
     config = from_dict(opening["config"], root=Path(opening["root"]), overrides=tuple(opening["overrides"]))
     if stage == "train":
         threading.Thread(target=_warm_up_train, args=(config,), name="warm-up", daemon=True).start()

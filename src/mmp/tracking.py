@@ -492,16 +492,16 @@ def failed_status(exc: BaseException) -> str:
 
 
 def start_recorder(config: Config, stage: str, context: RunContext | None) -> Recorder | None:
-    """A recorder process (:mod:`mmp.recorder`) for a stand-alone stage run, started at the top of the stage.
+    """A recorder process (:mod:`mmp.recorder`) for a stand-alone stage run, called at the top of the stage.
 
     None inside sweeps (``context``) and wherever MLflow is loaded already: there it costs nothing more
     in-process. ``MMP_RECORDER=0`` turns recorders off.
     """
     if context is not None or "mlflow" in sys.modules or os.environ.get("MMP_RECORDER") == "0":
         return None
-    from mmp.recorder import Recorder
+    from mmp import recorder
 
-    return Recorder.spawn(config, stage, int(time.time() * 1000), logging.getLogger().isEnabledFor(logging.DEBUG))
+    return recorder.for_stage(config, stage, logging.getLogger().isEnabledFor(logging.DEBUG))
 
 
 @contextlib.contextmanager
