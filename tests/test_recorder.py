@@ -88,25 +88,38 @@ def test_a_stage_that_stops_before_its_run_block_leaves_no_run(project: Project)
     assert project.runs() == []
 
 
-def test_train_stage_hands_its_run_to_a_recorder(project: Project, tmp_path: Path) -> None:
-    """The train stage's own process never opens the store; its run is complete all the same."""
-    project.run(str(BIN / "python"), "stages/prepare.py")
-    trace = tmp_path / "modules.txt"
+def _run_stage_script(project: Project, stage: str, trace: Path) -> set[str]:
+    """Run ``stages/<stage>.py``'s entry point; the modules its own process loaded."""
     probe = (
-        "import sys; from mmp.cli import stage_main; code = stage_main('train', []); "
+        f"import sys; from mmp.cli import stage_main; code = stage_main({stage!r}, []); "
         f"open({str(trace)!r}, 'w').write(chr(10).join(sys.modules)); sys.exit(code)"
     )
     project.run(str(BIN / "python"), "-c", probe)
-    loaded = set(trace.read_text().split())
-    assert "xgboost" in loaded  # the probe did train
-    assert "mlflow.store.tracking.sqlalchemy_store" not in loaded
-    run = project.runs("train")[0]
-    assert run.info.status == "FINISHED"
-    assert run.data.metrics["test_roc_auc"] >= 0.80
-    assert run.data.tags["mmp.prepare_run_id"] == project.runs("prepare")[0].info.run_id
+    return set(trace.read_text().split())
+
+
+def test_stage_scripts_hand_their_runs_to_recorders(project: Project, tmp_path: Path) -> None:
+    """The stages' own processes never open the store; their runs are complete all the same."""
+    prepare_modules = _run_stage_script(project, "prepare", tmp_path / "prepare.txt")
+    train_modules = _run_stage_script(project, "train", tmp_path / "train.txt")
+    assert "polars" in prepare_modules and "xgboost" in train_modules  # the probes did the stages' work
+    assert "mlflow.store.tracking.sqlalchemy_store" not in prepare_modules | train_modules
+    prepare, train = project.runs("prepare")[0], project.runs("train")[0]
+    assert prepare.info.status == train.info.status == "FINISHED"
+    assert prepare.data.metrics["rows_train"] > 500
+    assert train.data.metrics["test_roc_auc"] >= 0.80
+    assert train.data.tags["mmp.prepare_run_id"] == prepare.info.run_id
     client = project.client()
     models = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        experiment_ids=[train.info.experiment_id], filter_string=f"source_run_id = '{train.info.run_id}'"
     )
     assert len(models) == 1
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "metrics.json", "plots"}
+    assert {a.path for a in client.list_artifacts(train.info.run_id)} >= {"config.yaml", "metrics.json", "plots"}
+
+
+def test_recorder_can_be_turned_off(project: Project, tmp_path: Path) -> None:
+    """MMP_RECORDER=0 (docs/mlflow.md): the stage records its run in its own process."""
+    project.env["MMP_RECORDER"] = "0"
+    modules = _run_stage_script(project, "prepare", tmp_path / "prepare.txt")
+    assert "mlflow.store.tracking.sqlalchemy_store" in modules
+    assert project.runs("prepare")[0].info.status == "FINISHED"
