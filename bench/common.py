@@ -84,33 +84,40 @@ def run_measured(
     log: TextIO | None = None,
     memory: bool = True,
 ) -> Measurement:
-    """Run ``cmd`` to completion: wall time, CPU time and peak RSS (of the largest single process in its tree).
+    """Run ``cmd`` to completion: wall time, CPU time and peak RSS of its process tree.
 
-    Peak RSS comes from GNU time's ``%M`` (``ru_maxrss`` of the child it forks). Reading ``ru_maxrss``
-    of our own child directly would be wrong: Linux carries the forking parent's RSS over exec, so a
-    big benchmark driver would inflate every figure. Without /usr/bin/time, psutil polls the tree.
-    ``memory=False`` skips all that (tiny commands, where a wrapper would distort the wall time).
+    Peak RSS is the larger of GNU time's ``%M`` (the exact peak of the largest single process:
+    ``ru_maxrss``) and the largest sum over the tree's processes sampled every 50 ms (psutil), which
+    counts helper processes that live beside the command, such as mmp's MLflow recorder. Reading
+    ``ru_maxrss`` of our own child directly would be wrong: Linux carries the forking parent's RSS over
+    exec, so a big benchmark driver would inflate every figure. ``memory=False`` skips all that (tiny
+    commands, where a wrapper would distort the wall time).
     """
     stdout = log or subprocess.DEVNULL
     cpu_before, busy_before = children_cpu_seconds(), busy_cpu_seconds()
-    if memory and Path(GNU_TIME).is_file():
+    if not memory:
+        started = time.perf_counter()
+        code = subprocess.run(list(cmd), cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT).returncode
+        seconds, peak = time.perf_counter() - started, float("nan")
+    elif Path(GNU_TIME).is_file():
         with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
             started = time.perf_counter()
-            code = subprocess.run(
+            proc = subprocess.Popen(
                 [GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd],
                 cwd=cwd,
                 env=env,
                 stdout=stdout,
                 stderr=subprocess.STDOUT,
-                check=False,
-            ).returncode
+            )
+            tree_peak = _poll_tree_rss(proc, include_root=False)
+            code = proc.wait()
             seconds = time.perf_counter() - started
             lines = rss_file.read().split()
-        peak = int(lines[-1]) / 1024 if lines else float("nan")
+        peak = max(int(lines[-1]) / 1024 if lines else float("nan"), tree_peak)
     else:
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT)
-        peak = _poll_peak_rss(proc) if memory else float("nan")
+        peak = _poll_tree_rss(proc, include_root=True)
         code = proc.wait()
         seconds = time.perf_counter() - started
     cpu = children_cpu_seconds() - cpu_before
@@ -118,16 +125,16 @@ def run_measured(
     return Measurement(seconds, peak, code, cpu, max(background, 0.0))
 
 
-def _poll_peak_rss(proc: subprocess.Popen[bytes], interval: float = 0.05) -> float:
-    """Largest RSS (MB) of any process in the tree of ``proc``, sampled until it exits."""
+def _poll_tree_rss(proc: subprocess.Popen[bytes], include_root: bool, interval: float = 0.05) -> float:
+    """Largest summed RSS (MB) of the processes in the tree of ``proc``, sampled until it exits."""
     import psutil
 
     peak = 0
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
-            procs = [root, *root.children(recursive=True)]
-            peak = max([peak, *(p.memory_info().rss for p in procs)])
+            procs = [root, *root.children(recursive=True)] if include_root else root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs))
         except psutil.Error:
             pass
         time.sleep(interval)
