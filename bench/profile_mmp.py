@@ -10,6 +10,9 @@ The libraries the stage would import are imported first, one at a time, so that 
 line of its own; then timing wrappers are put around the pipeline's steps and the stage runs the way
 ``mmp.cli.stage_main`` runs it. A wrapper costs about a microsecond per call. Steps nest
 (``train.mirror_mlflow`` holds the model logging; ``mlflow.*`` lines sit inside the stages).
+
+MLflow is imported here first, so the stages record in-process, as with ``MMP_RECORDER=0``: the
+breakdown shows every step's cost in one process, not the overlap a recorder process gives.
 """
 
 from __future__ import annotations

@@ -123,3 +123,27 @@ def test_recorder_can_be_turned_off(project: Project, tmp_path: Path) -> None:
     modules = _run_stage_script(project, "prepare", tmp_path / "prepare.txt")
     assert "mlflow.store.tracking.sqlalchemy_store" in modules
     assert project.runs("prepare")[0].info.status == "FINISHED"
+
+
+def test_a_stage_with_a_bad_config_leaves_no_recorder_behind(project: Project, tmp_path: Path) -> None:
+    """The recorder started with the stage script is stopped with it (output to a file, not a pipe that
+    an orphan would hold open, so the check runs as soon as the stage has exited)."""
+    import psutil
+
+    log = tmp_path / "stage.log"
+    with log.open("w") as out:
+        code = subprocess.call(
+            [str(BIN / "python"), "stages/train.py", "recipe=no-such-recipe"],
+            cwd=project.root,
+            env=project.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    left = [
+        process.pid
+        for process in psutil.process_iter(["cmdline", "cwd"])
+        if "mmp.recorder" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root)
+    ]
+    assert code == 2
+    assert "no-such-recipe" in log.read_text()
+    assert left == []

@@ -448,7 +448,10 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
         config = load_config(args.overrides, from_params=not args.overrides)
         getattr(pipeline, f"run_{stage}")(config)
 
-    return _guarded(action, verbose)
+    code = _guarded(action, verbose)
+    if "mmp.recorder" in sys.modules:
+        sys.modules["mmp.recorder"].discard_unused()  # a stage that failed before it needed its run
+    return code
 
 
 if __name__ == "__main__":

@@ -122,6 +122,12 @@ class Recorder:
         except (BrokenPipeError, OSError):
             raise RecorderGone("The MLflow recorder process stopped before the run was recorded") from None
 
+    def kill(self) -> None:
+        """Stop the process at once (one that holds no run)."""
+        with contextlib.suppress(OSError):
+            self._process.kill()
+        self.close()
+
     def close(self) -> None:
         """Close the pipe and reap the recorder, which exits as soon as it has answered."""
         if self.closed:
@@ -148,6 +154,14 @@ def launch_early() -> None:
     global _launched
     if _launched is None and os.environ.get("MMP_RECORDER") != "0":
         _launched = Recorder.launch()
+
+
+def discard_unused() -> None:
+    """Stop a recorder started early that no stage has used: it holds no run."""
+    global _launched
+    if _launched is not None:
+        _launched.kill()
+        _launched = None
 
 
 def for_stage(config: Config, stage: str, verbose: bool) -> Recorder | None:
