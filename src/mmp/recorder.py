@@ -204,7 +204,8 @@ class RecordedRun:
             answer = _answer(self._recorder.request(command))
         finally:
             self._recorder.close()  # the mirror ends the run: the recorder is done
-        self._info = self._info or _run_info(answer)
+        if answer.get("run"):
+            self._info = self._info or _run_info(answer)
         return answer.get("deferred")
 
     def end(self, exc: BaseException | None) -> None:
