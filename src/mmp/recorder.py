@@ -322,14 +322,18 @@ def _serve(replies: IO[str]) -> None:
 
 
 def _warm_up_train(config: Config) -> None:
-    """Load what the train mirror needs besides MLflow, at the lowest priority: during the fit it only
-    takes a core's idle moments. The pyfunc flavour, MLflow's package map for ``log_model`` (0.6 s) and
-    the model's library, which the mirror loads to predict the signature's example (XGBoost: 1 s)."""
+    """Load what the train mirror needs besides MLflow: the pyfunc flavour, MLflow's package map for
+    ``log_model`` (0.6 s), and the model's library, which the mirror loads to predict the signature's
+    example and MLflow loads to check the input example (XGBoost: 1 s).
+
+    The thread runs under SCHED_IDLE (Linux), so during the fit it takes only a core's idle moments.
+    A/B at 300,000 rows, 5 pairs: the fit took 0.6 s longer, the stage 0.1-1.4 s less in every pair.
+    """
     from mmp import preload
     from mmp.models import check_model_name
 
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
     family = check_model_name(config.recipe.model.name)
     libraries = {path.split(":")[0] for path in (family.classifier, family.regressor) if path}
     try:
