@@ -15,16 +15,16 @@ from pathlib import Path
 from conftest import BIN, Project
 from mmp.config import load_config
 from mmp.errors import DataError
-from mmp.recorder import RecordedRun, Recorder
+from mmp.recorder import RecordedRun, for_stage
 
 STAGE_THAT_DIES = """
 import sys, time
 from pathlib import Path
 from mmp.config import load_config
-from mmp.recorder import RecordedRun, Recorder
+from mmp.recorder import RecordedRun, for_stage
 
 config = load_config(from_params=True, root=Path.cwd())
-run = RecordedRun(Recorder.spawn(config, "train"), {"mmp.task": "binary"})
+run = RecordedRun(for_stage(config, "train"), {"mmp.task": "binary"})
 print(run.info.run_id, flush=True)
 time.sleep(600)  # killed here, as a stage killed in the middle of its work
 """
@@ -66,7 +66,7 @@ def test_a_killed_stage_leaves_its_run_killed_not_running(project: Project) -> N
 
 def test_a_stage_that_fails_first_gets_a_failed_run_with_its_error(project: Project) -> None:
     config = load_config(from_params=True, root=project.root)
-    recorder = Recorder.spawn(config, "explain")
+    recorder = for_stage(config, "explain")
     assert recorder is not None
     run = RecordedRun(recorder, {"mmp.explainer": "tree"})
     run.end(DataError("No trained model in models; run the train stage first (dvc repro)"))
@@ -80,7 +80,7 @@ def test_a_stage_that_fails_first_gets_a_failed_run_with_its_error(project: Proj
 
 def test_a_stage_that_stops_before_its_run_block_leaves_no_run(project: Project) -> None:
     config = load_config(from_params=True, root=project.root)
-    recorder = Recorder.spawn(config, "train")
+    recorder = for_stage(config, "train")
     assert recorder is not None
     process = recorder._process
     recorder.close()  # as a stage that met bad data before it used its run

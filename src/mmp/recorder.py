@@ -79,12 +79,6 @@ class Recorder:
             os.close(write_end)
         return cls(process, os.fdopen(read_end, "rb"), launched_ms)
 
-    @classmethod
-    def spawn(cls, config: Config, stage: str, verbose: bool = False) -> Recorder | None:
-        """A recorder for ``stage``'s run: :meth:`launch`, then :meth:`open`."""
-        recorder = cls.launch()
-        return recorder if recorder is not None and recorder.open(config, stage, verbose) else None
-
     def open(self, config: Config, stage: str, verbose: bool) -> bool:
         """Tell the recorder its stage and config; False if it has gone (it is then closed)."""
         opening = {
@@ -149,10 +143,14 @@ RECORDED_STAGES = ("prepare", "train", "explain")  # the stages that start a rec
 _launched: Recorder | None = None
 
 
+def enabled() -> bool:
+    return os.environ.get("MMP_RECORDER") != "0"
+
+
 def launch_early() -> None:
     """Start the recorder as the stage script starts, before its config is composed: it loads MLflow meanwhile."""
     global _launched
-    if _launched is None and os.environ.get("MMP_RECORDER") != "0":
+    if _launched is None and enabled():
         _launched = Recorder.launch()
 
 
@@ -164,9 +162,12 @@ def discard_unused() -> None:
         _launched = None
 
 
-def for_stage(config: Config, stage: str, verbose: bool) -> Recorder | None:
-    """The recorder for ``stage``: the one started early if any, else a new one; None if none can start."""
+def for_stage(config: Config, stage: str, verbose: bool = False) -> Recorder | None:
+    """The recorder for ``stage``: the one started early if any, else a new one; None if turned off
+    (``MMP_RECORDER=0``) or if none can start."""
     global _launched
+    if not enabled():
+        return None
     recorder, _launched = _launched or Recorder.launch(), None
     return recorder if recorder is not None and recorder.open(config, stage, verbose) else None
 

@@ -497,7 +497,7 @@ def start_recorder(config: Config, stage: str, context: RunContext | None) -> Re
     None inside sweeps (``context``) and wherever MLflow is loaded already: there it costs nothing more
     in-process. ``MMP_RECORDER=0`` turns recorders off.
     """
-    if context is not None or "mlflow" in sys.modules or os.environ.get("MMP_RECORDER") == "0":
+    if context is not None or "mlflow" in sys.modules:
         return None
     from mmp import recorder
 
