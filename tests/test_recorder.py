@@ -15,7 +15,7 @@ from pathlib import Path
 from conftest import BIN, Project
 from mmp.config import load_config
 from mmp.errors import DataError
-from mmp.recorder import RecordedRun, for_stage
+from mmp.recorder import RecordedRun, Recorder, for_stage
 
 STAGE_THAT_DIES = """
 import sys, time
@@ -64,10 +64,15 @@ def test_a_killed_stage_leaves_its_run_killed_not_running(project: Project) -> N
     assert run.data.params["recipe.name"] == "xgb-baseline"
 
 
-def test_a_stage_that_fails_first_gets_a_failed_run_with_its_error(project: Project) -> None:
-    config = load_config(from_params=True, root=project.root)
-    recorder = for_stage(config, "explain")
+def _recorder(project: Project, stage: str) -> Recorder:
+    """A recorder for ``stage`` in the project copy, as the stage scripts get one."""
+    recorder = for_stage(load_config(from_params=True, root=project.root), stage)
     assert recorder is not None
+    return recorder
+
+
+def test_a_stage_that_fails_first_gets_a_failed_run_with_its_error(project: Project) -> None:
+    recorder = _recorder(project, "explain")
     run = RecordedRun(recorder, {"mmp.explainer": "tree"})
     run.end(DataError("No trained model in models; run the train stage first (dvc repro)"))
     assert run.started
@@ -79,9 +84,7 @@ def test_a_stage_that_fails_first_gets_a_failed_run_with_its_error(project: Proj
 
 
 def test_a_stage_that_stops_before_its_run_block_leaves_no_run(project: Project) -> None:
-    config = load_config(from_params=True, root=project.root)
-    recorder = for_stage(config, "train")
-    assert recorder is not None
+    recorder = _recorder(project, "train")
     process = recorder._process
     recorder.close()  # as a stage that met bad data before it used its run
     assert process.wait(timeout=60) == 0
