@@ -19,7 +19,8 @@ load (see BENCHMARKS.md), which would drown mmp's overhead in noise. Both sides 
 
 The MLflow store of each copy is created (schema migrations) before the clock starts: that one-off cost
 of a brand-new store is timed separately. Peak RSS is that of each command's process tree (a stage
-and its MLflow recorder process together, see common.run_measured); for the stages, the larger of the two. Targets (issue): wall time <= 1.15x and peak RSS <= 1.5x the plain script's.
+and its MLflow recorder process together, see common.run_measured); for the stages, the larger of the
+two. Targets (issue): wall time <= 1.15x and peak RSS <= 1.5x the plain script's.
 """
 
 from __future__ import annotations

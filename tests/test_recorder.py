@@ -150,3 +150,18 @@ def test_a_stage_with_a_bad_config_leaves_no_recorder_behind(project: Project, t
     assert code == 2
     assert "no-such-recipe" in log.read_text()
     assert left == []
+
+
+def test_charts_that_fail_while_the_recorder_mirrors_leave_a_failed_run(project: Project) -> None:
+    """The train stage draws its charts while its recorder logs the model (tracking.mirror's ``meanwhile``).
+    If drawing fails, the recorder, waiting for the charts, ends the run FAILED with the stage's error."""
+    project.run(str(BIN / "python"), "stages/prepare.py")
+    (project.root / "plots").write_text("a file where the charts' folder goes\n")
+    result = project.run(str(BIN / "python"), "stages/train.py", check=False)
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert "plots" in error and "Traceback" not in result.stderr
+    train = project.runs("train")[0]
+    assert train.info.status == "FAILED"
+    assert "plots" in train.data.tags["mmp.error"]
+    assert "metrics.json" in {a.path for a in project.client().list_artifacts(train.info.run_id)}

@@ -432,7 +432,11 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
     _setup_logging(verbose)
 
     def action() -> None:
-        from mmp import pipeline, recorder
+        from mmp import recorder
+
+        if stage in recorder.RECORDED_STAGES and not args.multirun:
+            recorder.launch_early()  # loads MLflow while the stage imports its libraries and composes the config
+        from mmp import pipeline
         from mmp.config import load_config
         from mmp.errors import ConfigError
 
@@ -443,8 +447,6 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
 
             run_multirun(args.overrides, command=" ".join([f"stages/{stage}.py -m", *args.overrides]))
             return
-        if stage in recorder.RECORDED_STAGES:
-            recorder.launch_early()  # loads MLflow while the config is composed and the stage starts
         config = load_config(args.overrides, from_params=not args.overrides)
         getattr(pipeline, f"run_{stage}")(config)
 

@@ -179,6 +179,7 @@ def run_train(
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
     }
     with tracking.stage_run(config, "train", tags=tags, context=context, lazy=True, recorder=recorder) as run:
+        run.begin()  # a recorder creates the run during the fit
         # While the model fits: the charts' modules, and MLflow's unless the recorder has it.
         if recorder is None:
             preload.start(preload.TRAIN, then=[preload.mlflow_requirements_map])
@@ -209,13 +210,18 @@ def run_train(
         metrics_file = config.resolve(config.paths.metrics_file)
         write_json_atomic(metrics_file, by_split)
         plots_dir = config.resolve(config.paths.plots_dir)
-        _write_evaluation_plots(plots_dir, predictor, y["test"], outputs["test"], fit)
         extras = {
             "fit_seconds": fit_seconds,
             "best_iteration": fit.best_iteration,
             "history": {split: [float(v) for v in values] for split, values in fit.history.items()},
+            tracking.LATE_ARTIFACTS: {"plots": config.paths.plots_dir},
         }
-        tracking.mirror(config, "train", run, _mirror_train, extras, [model_dir, metrics_file, plots_dir])
+
+        def draw_charts() -> None:  # while a recorder process logs the model
+            _write_evaluation_plots(plots_dir, predictor, y["test"], outputs["test"], fit)
+
+        written = [model_dir, metrics_file, plots_dir]
+        tracking.mirror(config, "train", run, _mirror_train, extras, written, meanwhile=draw_charts)
     primary = primary_metric(task, config.recipe.metrics.primary)
     log.info(
         "train: %s test %s=%.4f (run %s)",
@@ -251,6 +257,7 @@ def _write_evaluation_plots(
 
 
 def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
+    """Everything but the charts, which are drawn meanwhile and logged last (``extras``' late artifacts)."""
     import mlflow
 
     prepared = config.resolve(config.paths.prepared_dir)
@@ -271,7 +278,6 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     )
     mlflow.log_artifact(str(prepared / PREPROCESSING_FILE))
     mlflow.log_artifact(str(metrics_file))
-    mlflow.log_artifacts(str(config.resolve(config.paths.plots_dir)), artifact_path="plots")
     mlflow.log_text(dump_yaml(tracking.loggable_config(config)), CONFIG_ARTIFACT)
     if prepare_run := manifest.get("prepare_run_id"):
         link = f"#/experiments/{run.info.experiment_id}/runs/{prepare_run}"
@@ -481,6 +487,7 @@ def remirror_pending(root: Path) -> list[pending.PendingMirror]:
             else:
                 with tracking.stage_run(config, record.stage, resume_run_id=record.run_id) as run:
                     MIRRORS[record.stage](config, run, record.extras)
+                    tracking.log_late_artifacts(config, record.extras)
                 log.info("mirrored the %s stage into run %s", record.stage, record.run_id)
         except Exception as exc:
             if not tracking.is_store_failure(exc):

@@ -30,13 +30,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from mmp.config import Config
 from mmp.errors import Pruned, TrackingError
 from mmp.redaction import redact
+
+if TYPE_CHECKING:
+    from mmp.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ class Recorder:
             "verbose": verbose,
         }
         try:
-            self._send(opening)
+            self.send(opening)
         except RecorderGone:
             self.close()
             return False
@@ -98,7 +101,11 @@ class Recorder:
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send one command and wait for its answer."""
-        self._send(message)
+        self.send(message)
+        return self.receive()
+
+    def receive(self) -> dict[str, Any]:
+        """Wait for the answer to the oldest command not yet answered."""
         line = self._replies.readline()
         if not line:
             self.close()
@@ -108,7 +115,8 @@ class Recorder:
             )
         return json.loads(line)
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one command (or the opening) without waiting."""
         assert self._process.stdin is not None
         try:
             self._process.stdin.write(json.dumps(message).encode() + b"\n")
@@ -178,6 +186,7 @@ class RecordedRun:
     def __init__(self, recorder: Recorder, tags: dict[str, str]) -> None:
         self._recorder, self._tags = recorder, tags
         self._info: SimpleNamespace | None = None
+        self._asked = False  # "start" sent, its answer not read yet
 
     @property
     def started(self) -> bool:
@@ -187,20 +196,38 @@ class RecordedRun:
     def info(self) -> SimpleNamespace:
         return self.start()
 
+    def begin(self) -> None:
+        """Ask for the run without waiting: the recorder creates it while the stage computes."""
+        if self._info is None and not self._asked:
+            self._recorder.send({"op": "start", "tags": self._tags})
+            self._asked = True
+
     def start(self) -> SimpleNamespace:
         if self._info is None:
-            self._info = _run_info(_answer(self._recorder.request({"op": "start", "tags": self._tags})))
+            self.begin()
+            self._asked = False
+            self._info = _run_info(_answer(self._recorder.receive()))
         return self._info
 
-    def mirror(self, mirror_fn: Any, extras: dict[str, Any], outputs: list[Path]) -> str | None:
-        """Mirror the finished stage in the recorder; the warning if the store deferred it, else None."""
+    def mirror(
+        self, mirror_fn: Any, extras: dict[str, Any], outputs: list[Path], meanwhile: Callable[[], None] | None
+    ) -> str | None:
+        """Mirror the finished stage in the recorder, running ``meanwhile`` here as it does; the warning if the
+        store deferred the mirror, else None."""
         command = {
             "op": "mirror",
             "tags": self._tags,
             "function": f"{mirror_fn.__module__}:{mirror_fn.__qualname__}",
             "extras": extras,
             "outputs": [str(path) for path in outputs],
+            "meanwhile": meanwhile is not None,
         }
+        if self._asked:
+            self.start()  # its answer comes first
+        if meanwhile is not None:
+            self._recorder.send(command)
+            meanwhile()  # on failure the run block's end() tells the recorder, which is waiting for "continue"
+            command = {"op": "continue"}
         try:
             answer = _answer(self._recorder.request(command))
         finally:
@@ -214,6 +241,11 @@ class RecordedRun:
         if self._recorder.closed:
             return
         try:
+            if self._asked:
+                with contextlib.suppress(TrackingError):  # the run could not be created: "fail" tells of it
+                    self.start()
+                if self._recorder.closed:
+                    return
             if exc is None:
                 answer = _answer(self._recorder.request({"op": "finish", "tags": self._tags}))
             else:
@@ -299,18 +331,25 @@ def _serve(replies: IO[str]) -> None:
                     module, name = command["function"].split(":")
                     mirror_fn = getattr(importlib.import_module(module), name)
                     outputs = [Path(path) for path in command["outputs"]]
+
+                    def late_outputs_written() -> None:  # the stage's ``meanwhile``: it says when it is done
+                        after = next(commands, None)
+                        if after is None:
+                            raise _StageStopped("The stage process ended before its run was finished", "KILLED")
+                        if after["op"] != "continue":
+                            raise _stopped(after)
+
+                    meanwhile = late_outputs_written if command["meanwhile"] else None
                     try:
-                        tracking.mirror(config, stage, run, mirror_fn, command["extras"], outputs)
+                        tracking.mirror(config, stage, run, mirror_fn, command["extras"], outputs, meanwhile)
                     except tracking.MirrorDeferred as exc:
                         deferred = str(exc)
                         raise
                     break
                 elif op == "finish":
                     break
-                elif command["pruned"]:  # fail, a pruned search trial
-                    raise Pruned(command["error"])
-                else:  # fail
-                    raise _StageStopped(command["error"], command["status"])
+                else:
+                    raise _stopped(command)
             else:
                 raise _StageStopped("The stage process ended before its run was finished", "KILLED")
     except (_StageStopped, Pruned):
@@ -322,19 +361,34 @@ def _serve(replies: IO[str]) -> None:
         reply({**info(run), "deferred": deferred} if run is not None else {})
 
 
+def _stopped(command: dict[str, Any]) -> Exception:
+    """The exception that ends the run as a ``fail`` command says: a pruned search trial, or FAILED/KILLED."""
+    if command["pruned"]:
+        return Pruned(command["error"])
+    return _StageStopped(command["error"], command["status"])
+
+
+WARM_UP_NICENESS = 10  # a nice-10 thread gets about a tenth of a core that normal threads keep busy
+
+
 def _warm_up_train(config: Config) -> None:
     """Load what the train mirror needs besides MLflow: the pyfunc flavour, MLflow's package map for
     ``log_model`` (0.6 s), and the model's library, which the mirror loads to predict the signature's
     example and MLflow loads to check the input example (XGBoost: 1 s).
 
-    The thread runs under SCHED_IDLE (Linux), so during the fit it takes only a core's idle moments.
-    A/B at 300,000 rows, 5 pairs: the fit took 0.6 s longer, the stage 0.1-1.4 s less in every pair.
+    The thread runs WARM_UP_NICENESS steps nicer than the recorder (Linux sets a thread's own nice
+    value), so during the fit it takes mostly a core's idle moments. Not SCHED_IDLE: an unprivileged
+    process cannot raise a thread back from it, and the mirror waits on the imports this thread holds.
+    With a second train stage fitting beside it (``dvc queue start -j 2``), an idle-class warm-up
+    stalled the first stage's mirror until the other fit ended (4.8-5.6 s); at nice +10, 1.2-2.8 s.
     """
     from mmp import preload
     from mmp.models import check_model_name
 
     with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        thread = threading.get_native_id()
+        niceness = min(19, os.getpriority(os.PRIO_PROCESS, thread) + WARM_UP_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, thread, niceness)
     family = check_model_name(config.recipe.model.name)
     libraries = {path.split(":")[0] for path in (family.classifier, family.regressor) if path}
     try:

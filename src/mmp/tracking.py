@@ -392,6 +392,9 @@ class StageRun:
         """Tags for the run when it is created (a recorder learns them as the stage goes)."""
         self._tags.update(tags)
 
+    def begin(self) -> None:
+        """A recorder's run is asked for now and answered at first use; a run in this process starts then."""
+
     def start(self, resume_run_id: str | None = None) -> Any:
         """Create the run (or reopen ``resume_run_id``), make it the active run, log the params."""
         if self._run is not None:
@@ -535,6 +538,7 @@ def _run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
 
 
 MirrorFunction = Callable[[Config, Any, dict[str, Any]], None]
+LATE_ARTIFACTS = "late_artifacts"  # extras key: {artifact folder: config path} of outputs logged last
 
 
 def mirror(
@@ -544,14 +548,17 @@ def mirror(
     mirror_fn: MirrorFunction,
     extras: dict[str, Any],
     outputs: list[Path],
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
     """Log a finished stage to its run with ``mirror_fn`` (which reads the stage's DVC outputs) and end it.
 
-    ``extras`` holds what the outputs do not (timings, learning curves). If the store fails, a pending
+    ``extras`` holds what the outputs do not (timings, learning curves). ``meanwhile`` writes the
+    outputs named in ``extras[LATE_ARTIFACTS]`` (the train charts): it runs while a recorder process
+    runs ``mirror_fn``, and those folders are logged once it returns. If the store fails, a pending
     record is written for ``mmp mirror`` and :class:`MirrorDeferred` ends the stage's run block.
     """
     if not isinstance(run, StageRun):  # kept by a recorder process, which mirrors it
-        if warning := run.mirror(mirror_fn, extras, outputs):
+        if warning := run.mirror(mirror_fn, extras, outputs, meanwhile):
             raise MirrorDeferred(warning)
         return
     import mlflow
@@ -560,7 +567,12 @@ def mirror(
 
     run.start()  # a lazy run that the stage has not used yet
     try:
-        mirror_fn(config, run, extras)
+        try:
+            mirror_fn(config, run, extras)
+        finally:
+            if meanwhile is not None:
+                meanwhile()  # the late outputs are complete before they are logged or recorded as pending
+        log_late_artifacts(config, extras)
         mlflow.end_run(status="FINISHED")
     except Exception as exc:
         if not is_store_failure(exc):
@@ -571,6 +583,14 @@ def mirror(
             f"The {stage} stage finished and kept its outputs, but its MLflow run {run.info.run_id} is incomplete: "
             f"{reason}. Run `mmp mirror` once the store is back"
         ) from None
+
+
+def log_late_artifacts(config: Config, extras: dict[str, Any]) -> None:
+    """Log the folders of ``extras[LATE_ARTIFACTS]`` to the active run (the last step of a mirror)."""
+    import mlflow
+
+    for artifact_path, folder in extras.get(LATE_ARTIFACTS, {}).items():
+        mlflow.log_artifacts(str(config.resolve(folder)), artifact_path=artifact_path)
 
 
 def loggable_config(config: Config) -> dict[str, Any]:
