@@ -83,6 +83,18 @@ def test_a_stage_that_fails_first_gets_a_failed_run_with_its_error(project: Proj
     assert recorded.data.tags["mmp.explainer"] == "tree"
 
 
+def test_a_run_asked_for_during_the_fit_then_failed_is_failed(project: Project) -> None:
+    """The train stage asks for its run as the fit starts and reads the answer later (``begin``): a stage
+    that fails in between still gets its run, FAILED with the error, and knows its id."""
+    run = RecordedRun(_recorder(project, "train"), {"mmp.task": "binary"})
+    run.begin()
+    run.end(DataError("The fit failed"))
+    recorded = project.client().get_run(run.info.run_id)
+    assert recorded.info.status == "FAILED"
+    assert recorded.data.tags["mmp.error"] == "The fit failed"
+    assert [r.info.run_id for r in project.runs("train")] == [run.info.run_id]
+
+
 def test_a_stage_that_stops_before_its_run_block_leaves_no_run(project: Project) -> None:
     recorder = _recorder(project, "train")
     process = recorder._process

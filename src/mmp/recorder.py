@@ -8,8 +8,10 @@ encoding) leaves idle, then sleeps on its pipe until the stage needs its run (tr
 sooner; prepare about as fast as with a thread).
 
 The stage talks to it in JSON lines: an opening (config and stage), then ``start`` (create the run,
-answer its id), ``mirror`` (log the finished stage with the same mirror function that ``mmp mirror``
-replays, then end the run), ``finish`` or ``fail``. The recorder runs the same
+answer its id; the train stage asks during its fit and reads the answer after), ``mirror`` (log the
+finished stage with the same mirror function that ``mmp mirror`` replays, then end the run; with
+``meanwhile``, the recorder waits for ``continue`` before it logs the late outputs, so the train stage
+draws its charts while the model is logged), ``finish`` or ``fail``. The recorder runs the same
 :func:`mmp.tracking.stage_run` as an in-process stage does, so the runs are the same either way. If the
 stage process dies, the recorder sees its pipe close and ends the run KILLED.
 
