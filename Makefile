@@ -64,8 +64,13 @@ demo: install
 	echo "  dvc exp show                             # compare experiments"; \
 	echo "  mmp train -c configs/dev.yaml -r recipes/xgb-baseline.yaml -d data/train.csv"
 
+# Test files are spread over TEST_WORKERS processes (pytest-xdist); a file's tests stay in one process, in
+# order, so module fixtures (a trained project, an MLflow server) are built once. 2 workers on 2 cores:
+# 10.5 min instead of 15.7 min.
+TEST_WORKERS ?= 2
+
 test: install browser compose-cli
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"
