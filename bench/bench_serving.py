@@ -133,7 +133,7 @@ def train(workdir: Path) -> Trained:
     import mlflow
     import pandas as pd
 
-    from mmp.model_source import resolve_model_uri
+    from mmp.inference.source import resolve_model_uri
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     mmp_uri = resolve_model_uri(run_id)
@@ -154,8 +154,8 @@ def train(workdir: Path) -> Trained:
 
 def load_predictor(model_dir: Path) -> Any:
     """mmp's Predictor from a downloaded model folder (what each server worker loads)."""
-    from mmp.model_source import _artifact_paths
-    from mmp.predictor import Predictor
+    from mmp.inference.source import _artifact_paths
+    from mmp.model.predictor import Predictor
 
     paths = _artifact_paths(model_dir)
     return Predictor.load(model_dir / paths["preprocessing"], model_dir / paths["model"])
@@ -441,8 +441,8 @@ def big_request(trained: Trained, logs: Path, requests: int) -> dict[str, Any]:
     import orjson
     import polars as pl
 
-    from mmp.serving import protocol
-    from mmp.serving.protocol import Limits
+    from mmp.inference.http import protocol
+    from mmp.inference.http.protocol import Limits
 
     frame = pl.read_csv(trained.project / "data" / "titanic.csv").drop("survived")
     frame = frame.sample(BIG_ROWS, with_replacement=True, seed=0)

@@ -54,8 +54,8 @@ def main() -> None:
     import xgboost
     from sklearn.ensemble import RandomForestClassifier
 
-    from mmp.explain import explain
-    from mmp.models import FAMILIES, TrainedModel
+    from mmp.explanation.shap import explain
+    from mmp.model.registry import FAMILIES, TrainedModel
 
     x, y = make_data(args.rows, args.features)
     groups = [f"f{i}" for i in range(args.features)]

@@ -67,12 +67,12 @@ IMPORTS["all"] = IMPORTS["train"]
 WRAPPED = (
     ("mmp.config", "compose", "config.compose_hydra"),
     ("mmp.config", "load_config", "config.load"),
-    ("mmp.models", "check_params", "check_params"),
+    ("mmp.model.registry", "check_params", "check_params"),
     ("mmp.pipeline", "run_prepare", "prepare"),
     ("mmp.data", "load", "prepare.read_csv"),
     ("mmp.data", "clean_and_check", "prepare.clean_and_check"),
     ("mmp.data", "split", "prepare.split"),
-    ("mmp.preprocessing", "Preprocessor.fit", "prepare.fit_preprocessing"),
+    ("mmp.data.preprocessing", "Preprocessor.fit", "prepare.fit_preprocessing"),
     ("mmp.data", "file_digest", "prepare.file_digest"),
     ("mmp.tracking", "setup", "mlflow.setup_store"),
     ("mmp.tracking", "git_tags", "mlflow.git_tags"),
@@ -82,7 +82,7 @@ WRAPPED = (
     ("mlflow", "log_params", "mlflow.log_params"),
     ("mlflow", "end_run", "mlflow.end_run"),
     ("polars", "DataFrame.write_parquet", "write_parquet"),
-    ("mmp.preprocessing", "Preprocessor.save", "prepare.save_preprocessing"),
+    ("mmp.data.preprocessing", "Preprocessor.save", "prepare.save_preprocessing"),
     ("mmp.pipeline", "_mirror_prepare", "prepare.mirror_mlflow"),
     ("mmp.tracking", "log_dataset", "mlflow.log_dataset"),
     ("mlflow", "log_artifact", "mlflow.log_artifact"),
@@ -91,11 +91,11 @@ WRAPPED = (
     ("mmp.pipeline", "run_train", "train"),
     ("mmp.pipeline", "load_prepared", "train.read_parquet"),
     ("mmp.pipeline", "resolve_params", "train.resolve_params"),
-    ("mmp.preprocessing", "Preprocessor.transform", "train.encode_features"),
-    ("mmp.preprocessing", "Preprocessor.encode_target", "train.encode_target"),
+    ("mmp.data.preprocessing", "Preprocessor.transform", "train.encode_features"),
+    ("mmp.data.preprocessing", "Preprocessor.encode_target", "train.encode_target"),
     ("mmp.pipeline", "build_and_fit", "train.fit"),
     ("mmp.pipeline", "evaluate", "train.evaluate"),
-    ("mmp.models", "TrainedModel.save", "train.save_model"),
+    ("mmp.model.registry", "TrainedModel.save", "train.save_model"),
     ("mmp.pipeline", "write_json_atomic", "write_json"),
     ("mmp.pipeline", "_write_evaluation_plots", "train.evaluation_plots"),
     ("mmp.pipeline", "_mirror_train", "train.mirror_mlflow"),
@@ -148,7 +148,7 @@ def run_pipeline(stage: str, overrides: list[str]) -> int:
     """Run one stage as ``stages/<stage>.py <overrides>`` does, or both as ``mmp train`` does (``all``)."""
     from mmp import cli, pipeline
     from mmp.config import load_config
-    from mmp.models import check_model_name, check_params
+    from mmp.model.registry import check_model_name, check_params
 
     if setup_logging := getattr(cli, "_setup_logging", None):  # the CLI's log format and quiet loggers
         setup_logging(False)

@@ -23,7 +23,7 @@ import mlflow  # noqa: E402  (timed on purpose)
 IMPORT_MLFLOW_S = time.perf_counter() - started
 
 from mmp import multirun, pipeline, sweep, tracking  # noqa: E402
-from mmp.models import TrainedModel  # noqa: E402
+from mmp.model.registry import TrainedModel  # noqa: E402
 
 in_train = False
 per_run: dict[str, float] = defaultdict(float)

@@ -17,11 +17,11 @@ from typing import Any, cast
 import pytest
 
 from conftest import Server, make_project, start_server
-from mmp.model_source import LocalModel, ModelCard
-from mmp.preprocessing import ColumnState
-from mmp.serving.openapi import openapi_document
-from mmp.serving.page import render_page
-from mmp.serving.protocol import MLFLOW_FORMATS
+from mmp.data.preprocessing import ColumnState
+from mmp.inference.http.openapi import openapi_document
+from mmp.inference.http.page import render_page
+from mmp.inference.http.protocol import MLFLOW_FORMATS
+from mmp.inference.source import LocalModel, ModelCard
 
 TOKEN = "s3cret-token"
 ROUTES = {

@@ -9,9 +9,9 @@ import pytest
 
 from mmp.config import DataConfig, PreprocessingConfig, SplitConfig
 from mmp.data import clean_and_check, feature_columns, load, split
-from mmp.explain import ExplainError, explain, raw_output
-from mmp.models import FAMILIES, ModelFamily, TrainedModel, build_and_fit, resolve_params
-from mmp.preprocessing import Preprocessor
+from mmp.data.preprocessing import Preprocessor
+from mmp.explanation.shap import ExplainError, explain, raw_output
+from mmp.model.registry import FAMILIES, ModelFamily, TrainedModel, build_and_fit, resolve_params
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SMALL = {

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sklearn import metrics
 
-from mmp.plots import (
+from mmp.evaluation.plots import (
     CLASSIFICATION_FILES,
     CURVE_POINTS,
     IMPORTANCE_FILES,
@@ -334,7 +334,7 @@ def test_linear_importances_are_absolute_coefficients() -> None:
 
 def test_xgboost_importances_from_estimator_or_loaded_model(tmp_path: Path) -> None:
     xgboost = pytest.importorskip("xgboost")
-    from mmp.models import FAMILIES, TrainedModel
+    from mmp.model.registry import FAMILIES, TrainedModel
 
     x, y = fit_data("binary")
     estimator = xgboost.XGBClassifier(n_estimators=5).fit(x, y)
@@ -346,7 +346,7 @@ def test_xgboost_importances_from_estimator_or_loaded_model(tmp_path: Path) -> N
 
 def test_lightgbm_importances_are_gain_from_estimator_or_loaded_booster(tmp_path: Path) -> None:
     lightgbm = pytest.importorskip("lightgbm")
-    from mmp.models import FAMILIES, TrainedModel
+    from mmp.model.registry import FAMILIES, TrainedModel
 
     x, y = fit_data("multiclass")
     estimator = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(x, y)

@@ -8,10 +8,10 @@ import pytest
 
 from mmp.config import DataConfig, PreprocessingConfig, SplitConfig
 from mmp.data import clean_and_check, infer_task, split
+from mmp.data.preprocessing import Preprocessor
 from mmp.errors import ConfigError, DataError
-from mmp.metrics import classification_metrics, regression_metrics
-from mmp.models import FAMILIES, check_params, resolve_params
-from mmp.preprocessing import Preprocessor
+from mmp.evaluation.metrics import classification_metrics, regression_metrics
+from mmp.model.registry import FAMILIES, check_params, resolve_params
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The recorder process that keeps a train or explain stage's MLflow run (src/mmp/recorder.py).
+"""The recorder process that keeps a train or explain stage's MLflow run (src/mmp/tracking/recorder.py).
 
 Real recorder processes and a real SQLite store in a project copy; the stage side is driven through the
 same objects the stages use.
@@ -15,16 +15,16 @@ from pathlib import Path
 from conftest import BIN, Project
 from mmp.config import load_config
 from mmp.errors import DataError
-from mmp.recorder import RecordedRun, Recorder, for_stage
+from mmp.tracking.recorder import RecordedRun, Recorder, for_stage
 
 STAGE_THAT_DIES = """
 import sys, time
 from pathlib import Path
 from mmp.config import load_config
-from mmp.recorder import RecordedRun, for_stage
+from mmp.tracking.recorder import RecordedRun, for_stage
 
 config = load_config(from_params=True, root=Path.cwd())
-run = RecordedRun(for_stage(config, "train"), {"mmp.task": "binary"})
+run = RecordedRun(for_stage(config, "train", "mmp.pipeline.recorder_process"), {"mmp.task": "binary"})
 print(run.info.run_id, flush=True)
 time.sleep(600)  # killed here, as a stage killed in the middle of its work
 """
@@ -66,7 +66,7 @@ def test_a_killed_stage_leaves_its_run_killed_not_running(project: Project) -> N
 
 def _recorder(project: Project, stage: str) -> Recorder:
     """A recorder for ``stage`` in the project copy, as the stage scripts get one."""
-    recorder = for_stage(load_config(from_params=True, root=project.root), stage)
+    recorder = for_stage(load_config(from_params=True, root=project.root), stage, "mmp.pipeline.recorder_process")
     assert recorder is not None
     return recorder
 
@@ -157,7 +157,7 @@ def test_a_stage_with_a_bad_config_leaves_no_recorder_behind(project: Project, t
     left = [
         process.pid
         for process in psutil.process_iter(["cmdline", "cwd"])
-        if "mmp.recorder" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root)
+        if "mmp.pipeline.recorder_process" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root)
     ]
     assert code == 2
     assert "no-such-recipe" in log.read_text()

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from conftest import BIN, MLFLOW_ADMIN_PASSWORD, MlflowServer, Project, free_port, make_project, start_server
-from mmp.system_check import CHECKS
+from mmp.tracking.system_check import CHECKS
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +189,7 @@ def test_system_check_against_the_server(team: Team) -> None:
     assert [line.split()[:2] for line in lines] == [["OK", name] for name in CHECKS]
     assert f"user '{USER}'" in lines[1] and f"experiment '{EXPERIMENT}'" in lines[2]
     # Its throwaway run is gone again (alice created the experiment, so she may delete runs in it).
-    assert not [run for run in team.runs() if run.data.tags.get("mmp.system_check")]
+    assert not [run for run in team.runs() if run.data.tags.get("mmp.tracking.system_check")]
 
     result = team.mmp("system-check", "-c", "configs/prod.yaml", MLFLOW_TRACKING_PASSWORD="not-the-password")
     assert result.returncode != 0
@@ -248,11 +248,11 @@ BARRIER = """
 import os, sys, time
 from pathlib import Path
 
-# The train stage, and the recorder process that mirrors its run (src/mmp/recorder.py).
-if (sys.argv and sys.argv[0].endswith("stages/train.py")) or "mmp.recorder" in sys.orig_argv:
-    from mmp import pipeline
+# The train stage, and the recorder process that mirrors its run (src/mmp/tracking/recorder.py).
+if (sys.argv and sys.argv[0].endswith("stages/train.py")) or "mmp.pipeline.recorder_process" in sys.orig_argv:
+    from mmp.pipeline import replay, train
 
-    barrier, mirror = Path(os.environ["MMP_TEST_BARRIER"]), pipeline._mirror_train
+    barrier, mirror = Path(os.environ["MMP_TEST_BARRIER"]), train._mirror_train
 
     def paused(*args):
         (barrier / "reached").touch()
@@ -260,7 +260,7 @@ if (sys.argv and sys.argv[0].endswith("stages/train.py")) or "mmp.recorder" in s
             time.sleep(0.1)
         return mirror(*args)
 
-    pipeline._mirror_train = paused
+    train._mirror_train = replay.MIRRORS["train"] = paused
 """
 
 
@@ -337,7 +337,7 @@ def test_server_dying_during_a_stage_loses_nothing(team: Team, tmp_path_factory:
     # The mirrored model serves; DVC runs only what is left; no run stays RUNNING.
     import mlflow
 
-    from mmp import model_source
+    from mmp.inference import source as model_source
 
     mlflow.set_tracking_uri(server.url)
     with logged_in():

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import Project, free_port
-from mmp import pending, system_check, tracking
+from mmp import tracking
 from mmp.config import load_config
 from mmp.redaction import redact
+from mmp.tracking import pending, system_check
 
 
 def test_redact_masks_uri_passwords_and_secret_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import xgboost
 
-from mmp import xgboost_predict
-from mmp.xgboost_predict import dense_predictor
+from mmp.model.adapters import xgboost_capi as xgboost_predict
+from mmp.model.adapters.xgboost_capi import dense_predictor
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

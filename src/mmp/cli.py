@@ -10,52 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmp.runtime import quiet_openmp, setup_logging
+
 log = logging.getLogger("mmp")
-
-_QUIET_LOGGERS = ("alembic", "mlflow", "urllib3", "git", "numexpr", "matplotlib", "shap")
-
-
-def _quiet_openmp() -> None:
-    """Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine, spinning threads made
-    XGBoost fits 3-13x slower whenever another process was busy, and were no faster when it was idle."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def exit_now(code: int) -> None:
-    """Exit without interpreter teardown (0.7-1.9 s of freeing a large heap), once output is flushed.
-
-    For the stage scripts only: their work is done and written when they get here.
-    """
-    if "joblib.externals.loky" in sys.modules:
-        sys.exit(code)  # a parallel sweep: joblib's exit handlers remove its shared-memory folders
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "[mmp] %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    if not verbose:
-        quiet_warnings()
-
-
-def quiet_warnings() -> None:
-    """Library chatter off: warnings and INFO logs of MLflow and friends (also in sweep job processes)."""
-    import warnings
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow resets its logger's level on import
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # urllib3 warns at every retry of an unreachable server; mmp reports the outcome in one line.
-    logging.getLogger("urllib3").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.*")
 
 
 def _guarded(action: Callable[[], Any], verbose: bool) -> int:
@@ -101,7 +58,7 @@ def _config_from(args: argparse.Namespace, *, from_params: bool = False) -> Any:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from mmp.pipeline import run_prepare
+    from mmp.pipeline.prepare import run_prepare
 
     result = run_prepare(_config_from(args))
     print(f"prepare run: {result.run_id}")
@@ -109,9 +66,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """The predecessor's ``mmp train``: prepare, train and explain in one go."""
-    from mmp.explain import ExplainError
-    from mmp.models import check_model_name, check_params
-    from mmp.pipeline import run_explain, run_prepare, run_train
+    from mmp.explanation.shap import ExplainError
+    from mmp.model.registry import check_model_name, check_params
+    from mmp.pipeline.explain import run_explain
+    from mmp.pipeline.prepare import run_prepare
+    from mmp.pipeline.train import run_train
 
     config = _config_from(args)
     check_params(check_model_name(config.recipe.model.name), config.recipe.model.params, config.seed)
@@ -178,8 +137,8 @@ def cmd_compose(args: argparse.Namespace) -> None:
 
 
 def cmd_serve_api(args: argparse.Namespace) -> None:
-    from mmp.serving.app import ServeSettings
-    from mmp.serving.server import ServerOptions, serve
+    from mmp.inference.http.server import ServerOptions, serve
+    from mmp.inference.http.settings import ServeSettings
 
     serve(
         _config_from(args),
@@ -195,7 +154,7 @@ def cmd_serve_api(args: argparse.Namespace) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
-    from mmp.runs import RunQuery, default_metrics, find_runs, format_table
+    from mmp.tracking.listing import RunQuery, default_metrics, find_runs, format_table
 
     config = _config_from(args)
     stage = None if args.stage == "all" else args.stage
@@ -220,15 +179,15 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     """Hydra multirun over the pipeline: ``mmp sweep recipe=a,b`` is ``python stages/train.py -m recipe=a,b``."""
-    from mmp.multirun import run_multirun
+    from mmp.experiments.multirun import run_multirun
 
     run_multirun(args.overrides, command=" ".join(["mmp sweep", *args.overrides]))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     """Seeded Optuna search over recipes/search/<recipe>.yaml; the best trial becomes a recipe file."""
-    from mmp.multirun import report
-    from mmp.tune import run_tune
+    from mmp.experiments.multirun import report
+    from mmp.experiments.tune import run_tune
 
     result = run_tune(
         args.overrides,
@@ -247,7 +206,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_batch_inference(args: argparse.Namespace) -> None:
     """Predict a CSV or Parquet file with a logged model; the batch is recorded as an MLflow run."""
-    from mmp.batch import run_batch_inference
+    from mmp.inference.batch import run_batch_inference
 
     result = run_batch_inference(
         _config_from(args),
@@ -263,9 +222,9 @@ def cmd_batch_inference(args: argparse.Namespace) -> None:
 
 def cmd_mirror(args: argparse.Namespace) -> None:
     """Log finished stages whose MLflow mirror was interrupted, from their DVC outputs, into their runs."""
-    from mmp import pending
     from mmp.config import project_root
-    from mmp.pipeline import remirror_pending
+    from mmp.pipeline.replay import remirror_pending
+    from mmp.tracking import pending
 
     root = project_root()
     if not pending.load_all(root):
@@ -277,7 +236,7 @@ def cmd_mirror(args: argparse.Namespace) -> None:
 
 def cmd_system_check(args: argparse.Namespace) -> None:
     from mmp.errors import MmpError
-    from mmp.system_check import FAIL, run_checks
+    from mmp.tracking.system_check import FAIL, run_checks
 
     results = run_checks(_config_from(args))
     for result in results:
@@ -406,11 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_openmp()
+    quiet_openmp()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return _guarded(lambda: args.func(args), args.verbose)
 
 
@@ -427,32 +386,35 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    _quiet_openmp()
+    quiet_openmp()
     verbose = args.verbose or os.environ.get("MMP_VERBOSE") == "1"
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
     def action() -> None:
-        from mmp import recorder
+        from mmp.pipeline import RECORDER_MODULE
+        from mmp.tracking import recorder
 
-        if stage in recorder.RECORDED_STAGES and not args.multirun:
-            recorder.launch_early()  # loads MLflow while the stage imports its libraries and composes the config
-        from mmp import pipeline
+        if not args.multirun:
+            recorder.launch_early(RECORDER_MODULE)  # loads MLflow while the stage imports and composes the config
         from mmp.config import load_config
         from mmp.errors import ConfigError
+        from mmp.pipeline.explain import run_explain
+        from mmp.pipeline.prepare import run_prepare
+        from mmp.pipeline.train import run_train
 
         if args.multirun:
             if stage != "train":
                 raise ConfigError(f"-m sweeps run the whole pipeline per job: use stages/train.py -m, not {stage}")
-            from mmp.multirun import run_multirun
+            from mmp.experiments.multirun import run_multirun
 
             run_multirun(args.overrides, command=" ".join([f"stages/{stage}.py -m", *args.overrides]))
             return
         config = load_config(args.overrides, from_params=not args.overrides)
-        getattr(pipeline, f"run_{stage}")(config)
+        {"prepare": run_prepare, "train": run_train, "explain": run_explain}[stage](config)
 
     code = _guarded(action, verbose)
-    if "mmp.recorder" in sys.modules:
-        sys.modules["mmp.recorder"].discard_unused()  # a stage that failed before it needed its run
+    if "mmp.tracking.recorder" in sys.modules:
+        sys.modules["mmp.tracking.recorder"].discard_unused()  # a stage that failed before it needed its run
     return code
 
 

@@ -3,7 +3,7 @@
 Imports are Python work that holds the GIL: a thread importing MLflow while the main thread imports
 XGBoost made both slower (the train stage's ``import xgboost`` took 2.5 s instead of 1.2 s). So the
 stages start this where their main thread leaves the GIL free: Polars reading the data, the model fit.
-A stage whose run a recorder process keeps (:mod:`mmp.recorder`) loads only the charts' modules here.
+A stage whose run a recorder process keeps (:mod:`mmp.tracking.recorder`) loads only the charts' modules here.
 """
 
 from __future__ import annotations

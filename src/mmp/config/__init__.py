@@ -1,0 +1,53 @@
+"""The config layer: the typed config (:mod:`.schema`) and the one way to compose and load it (:mod:`.compose`)."""
+
+from mmp.config.compose import (
+    CONFIG_DIR,
+    CONFIG_ENV,
+    CONFIG_NAME,
+    PARAMS_FILE,
+    compose,
+    load_config,
+    project_root,
+    read_yaml,
+    tracking_root,
+)
+from mmp.config.schema import (
+    Config,
+    DataConfig,
+    ExplainConfig,
+    MetricsConfig,
+    MlflowConfig,
+    ModelConfig,
+    PathsConfig,
+    PreprocessingConfig,
+    RecipeConfig,
+    SplitConfig,
+    dump_yaml,
+    flatten,
+    from_dict,
+)
+
+__all__ = [
+    "CONFIG_DIR",
+    "CONFIG_ENV",
+    "CONFIG_NAME",
+    "PARAMS_FILE",
+    "Config",
+    "DataConfig",
+    "ExplainConfig",
+    "MetricsConfig",
+    "MlflowConfig",
+    "ModelConfig",
+    "PathsConfig",
+    "PreprocessingConfig",
+    "RecipeConfig",
+    "SplitConfig",
+    "compose",
+    "dump_yaml",
+    "flatten",
+    "from_dict",
+    "load_config",
+    "project_root",
+    "read_yaml",
+    "tracking_root",
+]

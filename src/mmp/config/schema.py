@@ -1,0 +1,255 @@
+"""The typed config: one frozen dataclass per section, and the validation that turns a YAML-shaped
+mapping into them with one-line errors naming the key.
+
+Model names and hyperparameters are checked by :mod:`mmp.model.registry`, which knows the libraries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmp.errors import ConfigError
+
+TASKS = ("auto", "binary", "multiclass", "regression")
+ENCODINGS = ("auto", "native", "onehot", "ordinal")
+IMPUTATIONS = ("auto", "none", "median", "mean", "zero")
+SCALINGS = ("auto", "standard", "none")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str
+    path: str
+    target: str
+    positive_class: str | None = None
+    id_columns: list[str] = field(default_factory=list)
+    drop_columns: list[str] = field(default_factory=list)
+    categorical_columns: list[str] = field(default_factory=list)
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    valid_size: float = 0.15
+    test_size: float = 0.15
+    stratify: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    early_stopping_rounds: int | None = None
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    categorical_encoding: str = "auto"
+    numeric_imputation: str = "auto"
+    scaling: str = "auto"
+    max_onehot_levels: int = 30
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    primary: str = "auto"
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    name: str
+    model: ModelConfig
+    task: str = "auto"
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment_name: str = "mmp"
+    artifact_location: str | None = "mlruns"
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    sample_size: int = 2000
+    dependence_top_k: int = 5
+    max_display: int = 15
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    prepared_dir: str = "data/prepared"
+    model_dir: str = "models"
+    metrics_file: str = "metrics.json"
+    plots_dir: str = "plots"
+    explain_dir: str = "explain"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    recipe: RecipeConfig
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    seed: int = 42
+    split: SplitConfig = field(default_factory=SplitConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    # Not part of the YAML: where the config came from.
+    root: Path = field(default=Path("."), metadata={"internal": True})
+    overrides: tuple[str, ...] = field(default=(), metadata={"internal": True})
+
+    def resolve(self, relative: str | Path) -> Path:
+        """A config path, resolved against the project root (never the working directory)."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def as_dict(self) -> dict[str, Any]:
+        """The YAML-shaped config (what is logged as params and written as the composed config)."""
+        return {
+            f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if not f.metadata.get("internal")
+        }
+
+
+# --------------------------------------------------------------------------- project layout
+
+
+# --------------------------------------------------------------------------- composing
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def from_dict(raw: dict[str, Any], *, root: Path, overrides: tuple[str, ...] = ()) -> Config:
+    """Validate a YAML-shaped mapping into a :class:`Config`; raise ConfigError naming the key."""
+    raw = {k: v for k, v in raw.items() if k != "hydra"}
+    config = _build(Config, raw, "")
+    config = dataclasses.replace(config, root=root, overrides=overrides)
+    _check_values(config)
+    return config
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {raw!r}; fix the YAML")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    hints = typing.get_type_hints(cls)
+    unknown = [key for key in raw if key not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
+        raise ConfigError(f"Unknown config key '{_join(where, key)}'; {hint}")
+    values = {}
+    for name, spec in fields.items():
+        path = _join(where, name)
+        if name not in raw:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"Missing config key '{path}'; add it to the config or recipe")
+            continue
+        values[name] = _coerce(hints[name], raw[name], path)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(option for option in options if option is not type(None))
+        origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is list:
+        if value is None:
+            return []
+        if isinstance(value, str) or not isinstance(value, list):
+            raise ConfigError(f"Config key '{path}' must be a list, got {value!r}; write it as [a, b]")
+        return [str(item) for item in value]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config key '{path}' must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"Config key '{path}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"Config key '{path}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"Config key '{path}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"Config key '{path}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _check_choice(path: str, value: str, choices: typing.Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"Config key '{path}' is '{value}'; choose one of {', '.join(choices)}")
+
+
+def _check_values(config: Config) -> None:
+    recipe = config.recipe
+    _check_choice("recipe.task", recipe.task, TASKS)
+    _check_choice("recipe.preprocessing.categorical_encoding", recipe.preprocessing.categorical_encoding, ENCODINGS)
+    _check_choice("recipe.preprocessing.numeric_imputation", recipe.preprocessing.numeric_imputation, IMPUTATIONS)
+    _check_choice("recipe.preprocessing.scaling", recipe.preprocessing.scaling, SCALINGS)
+    split = config.split
+    for key in ("valid_size", "test_size"):
+        size = getattr(split, key)
+        if not 0.0 < size < 1.0:
+            raise ConfigError(f"Config key 'split.{key}' is {size}; use a fraction between 0 and 1")
+    if split.valid_size + split.test_size >= 0.9:
+        raise ConfigError("split.valid_size + split.test_size leave under 10% of rows to train on; lower them")
+    if config.explain.sample_size < 1:
+        raise ConfigError("explain.sample_size must be a positive number of rows")
+    if recipe.model.early_stopping_rounds is not None and recipe.model.early_stopping_rounds < 1:
+        raise ConfigError("recipe.model.early_stopping_rounds must be a positive integer or null")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, the shape MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def dump_yaml(mapping: dict[str, Any]) -> str:
+    return yaml.safe_dump(mapping, sort_keys=False, default_flow_style=False)

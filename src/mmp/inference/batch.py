@@ -1,0 +1,281 @@
+"""Batch inference: a CSV or Parquet file of raw rows in, a file of predictions out, chunk by chunk.
+
+The model comes from MLflow through :mod:`mmp.model_source`; each batch is one MLflow run tagged with
+the model's run, with the input file as its dataset. The output is written to a scratch file next to
+it and moved into place at the end, so a failure never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mmp import data as data_lib
+from mmp import tracking
+from mmp.config import Config
+from mmp.errors import DataError, MmpError
+from mmp.inference import source as model_source
+from mmp.model.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_ROWS = 100_000
+PREDICTION_COLUMN = "prediction"
+PROBA_PREFIX = "proba_"
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+STAGE = "batch_inference"
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    run_id: str
+    output: Path
+    rows: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def output_format(path: Path) -> str:
+    """``parquet`` or ``csv``, read off the output file's suffix."""
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise MmpError(f"Output file {path} has an unknown format '{path.suffix}'; name it .parquet, .pq or .csv")
+    return fmt
+
+
+def check_columns(schema: pl.Schema, predictor: Predictor, path: Path) -> None:
+    """Fail, naming them, when the input lacks columns the model was trained with."""
+    missing = [name for name in predictor.preprocessor.input_columns if name not in schema]
+    if missing:
+        raise DataError(
+            f"Input {path} is missing column(s) {', '.join(missing)} that the model was trained with; add them"
+        )
+
+
+def output_schema(predictor: Predictor, input_schema: pl.Schema) -> pl.Schema:
+    """Id columns present in the input, ``prediction``, then ``proba_<class>`` per class (classifiers)."""
+    predicted: dict[str, pl.DataType] = {PREDICTION_COLUMN: pl.String()}
+    if predictor.task == "regression":
+        predicted[PREDICTION_COLUMN] = pl.Float64()
+    else:
+        predicted.update({f"{PROBA_PREFIX}{label}": pl.Float64() for label in predictor.classes})
+    id_columns = predictor.preprocessor.id_columns
+    clashes = [name for name in id_columns if name in predicted]
+    if clashes:
+        raise DataError(f"Id column(s) {', '.join(clashes)} clash with the prediction columns; rename them")
+    return pl.Schema({**{name: input_schema[name] for name in id_columns if name in input_schema}, **predicted})
+
+
+def predict_chunk(predictor: Predictor, chunk: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
+    """One chunk of raw rows -> its rows of the output (``schema`` from :func:`output_schema`)."""
+    if chunk.height == 0:
+        return pl.DataFrame(schema=schema)
+    columns = [chunk[name] for name in schema.names() if name in predictor.preprocessor.id_columns]
+    if predictor.task == "regression":
+        columns.append(pl.Series(PREDICTION_COLUMN, predictor.predict(chunk), dtype=pl.Float64))
+        return pl.DataFrame(columns)
+    proba = predictor.predict_proba(chunk)
+    # The label is the most probable class, as in Predictor.predict; one model call gives both.
+    labels = np.asarray(predictor.classes, dtype=object)[proba.argmax(axis=1)]
+    columns.append(pl.Series(PREDICTION_COLUMN, labels, dtype=pl.String))
+    columns += [
+        pl.Series(f"{PROBA_PREFIX}{label}", proba[:, i], dtype=pl.Float64) for i, label in enumerate(predictor.classes)
+    ]
+    return pl.DataFrame(columns)
+
+
+def iter_chunks(frame: pl.LazyFrame, chunk_rows: int, path: Path) -> Iterator[pl.DataFrame]:
+    """The input's rows in order, ``chunk_rows`` at a time (streamed: the file is never whole in memory)."""
+    batches = frame.collect_batches(chunk_size=chunk_rows, maintain_order=True)
+    while True:
+        try:
+            chunk = next(batches)
+        except StopIteration:
+            return
+        except pl.exceptions.PolarsError as exc:
+            raise DataError(
+                f"Input {path} cannot be parsed ({_first_line(exc)}); fix the file or the column types"
+            ) from None
+        yield chunk
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _ChunkWriter:
+    """Appends frames to one Parquet or CSV file."""
+
+    def __init__(self, path: Path, fmt: str, schema: pl.Schema) -> None:
+        self.fmt = fmt
+        self.schema = schema
+        self.rows = 0
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            self._parquet = pq.ParquetWriter(path, pl.DataFrame(schema=schema).to_arrow().schema)
+        else:
+            self._csv = path.open("wb")
+            pl.DataFrame(schema=schema).write_csv(self._csv)  # the header, also for an empty input
+
+    def write(self, frame: pl.DataFrame) -> None:
+        frame = frame.select(self.schema.names())
+        if self.fmt == "parquet":
+            self._parquet.write_table(frame.to_arrow())
+        else:
+            frame.write_csv(self._csv, include_header=False)
+        self.rows += frame.height
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            self._parquet.close()
+        else:
+            self._csv.close()
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, fmt: str, schema: pl.Schema) -> Iterator[_ChunkWriter]:
+    """A writer to a scratch file next to ``path``, moved onto it on success and removed on error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name (two batches may target one file), created by the writer so the umask applies.
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        writer = _ChunkWriter(scratch, fmt, schema)
+        try:
+            yield writer
+        finally:
+            writer.close()
+        os.replace(scratch, path)
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
+
+
+def write_predictions(
+    predictor: Predictor,
+    frame: pl.LazyFrame,
+    *,
+    input_path: Path,
+    output_path: Path,
+    schema: pl.Schema,
+    chunk_rows: int,
+    total_rows: int,
+) -> tuple[int, int]:
+    """Predict the input chunk by chunk into ``output_path``; return (rows read, rows written)."""
+    from tqdm.auto import tqdm
+
+    rows_in = 0
+    with (
+        atomic_writer(output_path, output_format(output_path), schema) as writer,
+        tqdm(
+            total=total_rows,
+            desc="predict",
+            unit="row",
+            unit_scale=True,
+            file=sys.stderr,
+            disable=total_rows <= chunk_rows,
+        ) as progress,
+    ):
+        for chunk in iter_chunks(frame, chunk_rows, input_path):
+            writer.write(predict_chunk(predictor, chunk, schema))
+            rows_in += chunk.height
+            progress.update(chunk.height)
+    return rows_in, writer.rows
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_batch_inference(
+    config: Config,
+    *,
+    run_id: str | None = None,
+    model_uri: str | None = None,
+    input_path: Path,
+    output_path: Path,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> BatchResult:
+    """Predict every row of ``input_path`` with a logged mmp model and write ``output_path``.
+
+    The model is named by its train run id or a model URI. Inputs are checked before the MLflow run
+    starts; the run records the model it used, the input dataset, rows and seconds.
+    """
+    input_path = Path(input_path).expanduser().resolve()
+    output_path = Path(output_path).expanduser().resolve()
+    output_format(output_path)
+    if chunk_rows < 1:
+        raise MmpError(f"--chunk-rows is {chunk_rows}; use a positive number of rows")
+    frame = data_lib.scan(input_path)
+    input_schema = frame.collect_schema()
+    with tempfile.TemporaryDirectory(prefix="mmp-model-") as scratch:
+        model = model_source.load(config, run_id=run_id, model_uri=model_uri, dest=Path(scratch))
+        predictor, card = model.predictor, model.card
+        check_columns(input_schema, predictor, input_path)
+        schema = output_schema(predictor, input_schema)
+        total_rows = _count_rows(frame, input_path)
+        digest = data_lib.file_digest(input_path)
+        prefix = tracking.TAG_PREFIX
+        tags = {
+            f"{prefix}model_run_id": card.run_id or "",
+            f"{prefix}model_uri": card.model_uri,
+            f"{prefix}task": predictor.task,
+            f"{prefix}data": input_path.stem,  # what this run consumed (the runs table shows it)
+            f"{prefix}input_digest": digest,
+        }
+        if card.recipe:
+            tags[f"{prefix}recipe"] = card.recipe  # the model's recipe, not the config's
+        if card.model_class:
+            tags[f"{prefix}model_class"] = card.model_class
+        with tracking.stage_run(config, STAGE, tags=tags) as run:
+            import mlflow
+
+            mlflow.log_params({"input": str(input_path), "output": str(output_path), "chunk_rows": chunk_rows})
+            tracking.log_dataset(input_path, digest, input_path.stem, "inference", _head(frame))
+            started = time.perf_counter()
+            rows_in, rows_out = write_predictions(
+                predictor,
+                frame,
+                input_path=input_path,
+                output_path=output_path,
+                schema=schema,
+                chunk_rows=chunk_rows,
+                total_rows=total_rows,
+            )
+            seconds = time.perf_counter() - started
+            mlflow.log_metrics({"rows_in": rows_in, "rows_out": rows_out, "seconds": seconds})
+    log.info("batch inference: %d rows -> %s in %.2fs (model %s)", rows_out, output_path, seconds, card.model_uri)
+    return BatchResult(run.info.run_id, output_path, rows_out, seconds)
+
+
+def _count_rows(frame: pl.LazyFrame, path: Path) -> int:
+    try:
+        return int(frame.select(pl.len()).collect().item())
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"Input {path} cannot be parsed ({_first_line(exc)}); fix the file") from None
+
+
+def _head(frame: pl.LazyFrame) -> Any:
+    """A few rows as pandas, for the dataset's schema in MLflow (none if they cannot be read)."""
+    try:
+        return frame.head(5).collect().to_pandas()
+    except pl.exceptions.PolarsError:
+        return None
+
+
+def _first_line(exc: Exception) -> str:
+    """The gist of a Polars error (its later lines are hints about reader options mmp sets itself)."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:300]

@@ -1,0 +1,232 @@
+"""The train stage: fit the recipe's model, early-stop on valid, evaluate every split, log the pyfunc model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mmp import data as data_lib
+from mmp import preload, tracking
+from mmp.config import Config, dump_yaml
+from mmp.errors import ConfigError
+from mmp.evaluation.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
+from mmp.files import read_json, staged_dir, write_json_atomic
+from mmp.model.predictor import PREPROCESSING_FILE, Predictor
+from mmp.model.registry import (
+    FitResult,
+    TrainedModel,
+    build_and_fit,
+    check_model_name,
+    class_path,
+    display_name,
+    resolve_params,
+)
+from mmp.pipeline import RECORDER_MODULE
+from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult, load_prepared
+
+log = logging.getLogger(__name__)
+
+def model_output(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    """Class probabilities (classification) or predicted values (regression) for encoded rows."""
+    if predictor.task == "regression":
+        return predictor.model.predict_value(x)
+    return predictor.model.predict_proba(x)
+
+
+
+def evaluate(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    """The task's metrics from true labels and :func:`model_output`."""
+    return regression_metrics(y, output) if task == "regression" else classification_metrics(y, output)
+
+
+
+def run_train(
+    config: Config,
+    context: tracking.RunContext | None = None,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> StageResult:
+    """Fit the recipe's model on the train split, early-stop on valid, evaluate every split.
+
+    ``on_iteration(step, valid_loss)`` is called after each boosting round (search pruning).
+    """
+    tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
+    family = check_model_name(config.recipe.model.name)
+    recorder = tracking.start_recorder(config, "train", context, RECORDER_MODULE)
+    manifest, preprocessor, splits = load_prepared(config)
+    task = manifest["task"]
+    if config.recipe.task not in ("auto", task) and not (config.recipe.task == "multiclass" and task == "binary"):
+        raise ConfigError(
+            f"recipe.task is {config.recipe.task} but the prepared data is {task}; re-run prepare (dvc repro)"
+        )
+    params = resolve_params(family, task, config.recipe.model.params, config.seed)
+    model_class = display_name(class_path(family, task))
+    x = {name: preprocessor.transform(frame) for name, frame in splits.items()}
+    y = {name: preprocessor.encode_target(frame[preprocessor.target]) for name, frame in splits.items()}
+    tags = {
+        f"{tracking.TAG_PREFIX}task": task,
+        f"{tracking.TAG_PREFIX}model_class": model_class,
+        f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
+    }
+    with tracking.stage_run(config, "train", tags=tags, context=context, lazy=True, recorder=recorder) as run:
+        run.begin()  # a recorder creates the run during the fit
+        # While the model fits: the charts' modules, and MLflow's unless the recorder has it.
+        if recorder is None:
+            preload.start(preload.TRAIN, then=[preload.mlflow_requirements_map])
+        else:
+            preload.start(preload.CHARTS)
+        started = time.perf_counter()
+        fit = build_and_fit(
+            family,
+            task,
+            params,
+            x["train"],
+            y["train"],
+            x["valid"],
+            y["valid"],
+            preprocessor.categorical_indices,
+            config.recipe.model.early_stopping_rounds if family.early_stopping else None,
+            on_iteration,
+        )
+        fit_seconds = time.perf_counter() - started
+        means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
+        model = TrainedModel(family, task, fit.estimator, preprocessor.classes or [], means)
+        predictor = Predictor(preprocessor, model)
+        outputs = {name: model_output(predictor, x[name]) for name in data_lib.SPLITS}
+        by_split = {name: evaluate(task, y[name], outputs[name]) for name in data_lib.SPLITS}
+        model_dir = config.resolve(config.paths.model_dir)
+        with staged_dir(model_dir) as scratch:
+            model.save(scratch, mlflow_run_id=run.info.run_id)
+        metrics_file = config.resolve(config.paths.metrics_file)
+        write_json_atomic(metrics_file, by_split)
+        plots_dir = config.resolve(config.paths.plots_dir)
+        extras = {
+            "fit_seconds": fit_seconds,
+            "best_iteration": fit.best_iteration,
+            "history": {split: [float(v) for v in values] for split, values in fit.history.items()},
+            tracking.LATE_ARTIFACTS: {"plots": config.paths.plots_dir},
+        }
+
+        def draw_charts() -> None:  # while a recorder process logs the model
+            _write_evaluation_plots(plots_dir, predictor, y["test"], outputs["test"], fit)
+
+        written = [model_dir, metrics_file, plots_dir]
+        tracking.mirror(config, "train", run, _mirror_train, extras, written, meanwhile=draw_charts)
+    primary = primary_metric(task, config.recipe.metrics.primary)
+    log.info(
+        "train: %s test %s=%.4f (run %s)",
+        model_class,
+        primary,
+        by_split["test"].get(primary, float("nan")),
+        run.info.run_id,
+    )
+    return StageResult(run.info.run_id, [model_dir, metrics_file, plots_dir], by_split)
+
+
+
+def _write_evaluation_plots(
+    folder: Path, predictor: Predictor, y: np.ndarray, output: np.ndarray, fit: FitResult
+) -> None:
+    from mmp.evaluation.plots import feature_importances, fold_importances, write_evaluation_plots
+
+    pre, model = predictor.preprocessor, predictor.model
+    raw = feature_importances(model.estimator, len(pre.feature_names))
+    names, importances = fold_importances(raw, pre.feature_groups) if raw is not None else (pre.input_columns, None)
+    classification = predictor.task != "regression"
+    write_evaluation_plots(
+        folder,
+        task=predictor.task,
+        classes=predictor.classes if classification else None,
+        y_true=y,
+        proba=output if classification else None,
+        predicted=None if classification else output,
+        feature_names=names,
+        importances=importances,
+        history=fit.history,
+        history_metric=_curve_metric(predictor.task),
+    )
+
+
+
+def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
+    """Everything but the charts, which are drawn meanwhile and logged last (``extras``' late artifacts)."""
+    import mlflow
+
+    prepared = config.resolve(config.paths.prepared_dir)
+    model_dir = config.resolve(config.paths.model_dir)
+    metrics_file = config.resolve(config.paths.metrics_file)
+    manifest = read_json(prepared / MANIFEST_FILE)
+    predictor = Predictor.load(prepared / PREPROCESSING_FILE, model_dir)
+    test_frame = pl.read_parquet(prepared / "test.parquet", n_rows=5)
+    mlflow.log_metrics({**flat_metrics(read_json(metrics_file)), "fit_seconds": extras["fit_seconds"]})
+    if extras["best_iteration"] is not None:
+        mlflow.log_metric("best_iteration", extras["best_iteration"])
+    for split, values in extras["history"].items():
+        # Per-iteration scores as step metrics: the UI draws them as learning curves.
+        _log_curve(f"{split}_curve_{_curve_metric(predictor.task)}", values)
+    data_path = config.resolve(config.data.path)
+    tracking.log_dataset(
+        data_path, manifest["data"]["digest"], config.data.name, "training", test_frame.head(5).to_pandas()
+    )
+    mlflow.log_artifact(str(prepared / PREPROCESSING_FILE))
+    mlflow.log_artifact(str(metrics_file))
+    mlflow.log_text(dump_yaml(tracking.loggable_config(config)), CONFIG_ARTIFACT)
+    if prepare_run := manifest.get("prepare_run_id"):
+        link = f"#/experiments/{run.info.experiment_id}/runs/{prepare_run}"
+        mlflow.set_tag("mlflow.note.content", f"Trained on data prepared by run [{prepare_run}]({link}).")
+    log_pyfunc_model(predictor, test_frame, prepared / PREPROCESSING_FILE, model_dir)
+
+
+
+def _curve_metric(task: str) -> str:
+    return {"binary": "logloss", "multiclass": "mlogloss", "regression": "rmse"}[task]
+
+
+
+def _log_curve(name: str, values: list[float]) -> None:
+    import mlflow
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    client = mlflow.MlflowClient()
+    run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
+    metrics = [Metric(name, float(v), timestamp, step) for step, v in enumerate(values)]
+    for start in range(0, len(metrics), 1000):  # the tracking API takes at most 1000 per batch
+        client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
+
+
+
+def log_pyfunc_model(predictor: Predictor, sample: pl.DataFrame, preprocessing_file: Path, model_dir: Path) -> str:
+    """Log the model as an MLflow pyfunc taking raw rows; return its model URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from mmp import mlflow_model
+
+    rows = sample.select(predictor.preprocessor.input_columns).head(5)
+    output = predictor.predict(rows)
+    example = rows.to_pandas()
+    signature = infer_signature(example, np.asarray(output), params={"predict_method": "predict"})
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(mlflow_model.__file__).with_name("mlflow_model_code.py")),
+        artifacts={"preprocessing": str(preprocessing_file), "model": str(model_dir)},
+        signature=signature,
+        input_example=example,
+        pip_requirements=_pip_requirements(predictor),
+    )
+    return info.model_uri
+
+
+
+def _pip_requirements(predictor: Predictor) -> list[str]:
+    from importlib import metadata
+
+    packages = ["mlflow", "polars", "pyarrow", "pandas", "numpy", "scikit-learn", "skops"]
+    packages += {"xgboost": ["xgboost"], "lightgbm": ["lightgbm"]}.get(predictor.model.family.name, [])
+    return [f"{p}=={metadata.version(p)}" for p in packages]

@@ -1,1 +1,0 @@
-"""Serving a trained mmp model: the scoring protocol, the Flask app, and the gunicorn server."""

@@ -1,0 +1,419 @@
+"""A stage's MLflow run kept by a helper process, the recorder, so that MLflow loads beside the stage's work.
+
+Importing MLflow and its SQLite store costs about 2 CPU-seconds of Python in every stage process. On a
+thread it competes with the stage for the GIL, and during a fit for the cores that the fit keeps busy:
+a 1M-row XGBoost fit ran 3 s longer with it. A recorder process, started as the stage script starts,
+imports on the core that the stage's single-threaded start (imports, composing the config, reading,
+encoding) leaves idle, then sleeps on its pipe until the stage needs its run (train on 1M rows: 2.3-2.7 s
+sooner; prepare about as fast as with a thread).
+
+The stage talks to it in JSON lines: an opening (config and stage), then ``start`` (create the run,
+answer its id; the train stage asks during its fit and reads the answer after), ``mirror`` (log the
+finished stage with the same mirror function that ``mmp mirror`` replays, then end the run; with
+``meanwhile``, the recorder waits for ``continue`` before it logs the late outputs, so the train stage
+draws its charts while the model is logged), ``finish`` or ``fail``. The recorder runs the same
+:func:`mmp.tracking.stage_run` as an in-process stage does, so the runs are the same either way. If the
+stage process dies, the recorder sees its pipe close and ends the run KILLED.
+
+Stages use one when they run alone in a process that has not loaded MLflow: the stage scripts (so
+``dvc repro`` and ``dvc exp run``) and ``mmp train``. Sweeps keep MLflow in their own process, loaded
+once for all their jobs; ``MMP_RECORDER=0`` does the same for a single stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import IO, TYPE_CHECKING, Any
+
+from mmp.errors import Pruned, TrackingError
+from mmp.redaction import redact
+
+if TYPE_CHECKING:
+    from mmp.config import Config
+    from mmp.tracking.runs import MirrorFunction
+
+log = logging.getLogger(__name__)
+
+
+class RecorderGone(TrackingError):
+    """The recorder process stopped before it answered."""
+
+
+class Recorder:
+    """The stage's end of the pipe to its recorder process."""
+
+    def __init__(self, process: subprocess.Popen[bytes], replies: IO[bytes], launched_ms: int) -> None:
+        self._process, self._replies = process, replies
+        self.launched_ms = launched_ms  # the stage's start: its run's start time
+        self.closed = False
+
+    @classmethod
+    def launch(cls, entry: str) -> Recorder | None:
+        """Start a recorder process (``python -m entry``, a module that calls :func:`main` with the stages'
+        mirror functions), which loads MLflow and then waits to be told its stage (:meth:`open`).
+
+        None if it cannot start: the stage then records in-process.
+        """
+        read_end, write_end = os.pipe()
+        package_parent = str(Path(__file__).resolve().parents[1])
+        python_path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": python_path}
+        launched_ms = int(time.time() * 1000)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", entry, str(write_end)],
+                stdin=subprocess.PIPE,
+                pass_fds=(write_end,),
+                env=env,
+            )
+        except OSError as exc:
+            log.debug("no recorder process (%s); recording in-process", exc)
+            os.close(read_end)
+            return None
+        finally:
+            os.close(write_end)
+        return cls(process, os.fdopen(read_end, "rb"), launched_ms)
+
+    def open(self, config: Config, stage: str, verbose: bool) -> bool:
+        """Tell the recorder its stage and config; False if it has gone (it is then closed)."""
+        opening = {
+            "config": config.as_dict(),
+            "root": str(config.root),
+            "overrides": list(config.overrides),
+            "stage": stage,
+            "started_ms": self.launched_ms,
+            "verbose": verbose,
+        }
+        try:
+            self.send(opening)
+        except RecorderGone:
+            self.close()
+            return False
+        return True
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send one command and wait for its answer."""
+        self.send(message)
+        return self.receive()
+
+    def receive(self) -> dict[str, Any]:
+        """Wait for the answer to the oldest command not yet answered."""
+        line = self._replies.readline()
+        if not line:
+            self.close()
+            raise RecorderGone(
+                f"The MLflow recorder process stopped (exit code {self._process.returncode}) before the run was "
+                "recorded; the messages above say why, and --verbose shows more"
+            )
+        return json.loads(line)
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one command (or the opening) without waiting."""
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(json.dumps(message).encode() + b"\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise RecorderGone("The MLflow recorder process stopped before the run was recorded") from None
+
+    def kill(self) -> None:
+        """Stop the process at once (one that holds no run)."""
+        with contextlib.suppress(OSError):
+            self._process.kill()
+        self.close()
+
+    def close(self) -> None:
+        """Close the pipe and reap the recorder, which exits as soon as it has answered."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            if self._process.stdin is not None:
+                self._process.stdin.close()
+        self._replies.close()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            log.warning("The MLflow recorder process %d did not exit; stopping it", self._process.pid)
+            self._process.kill()
+            self._process.wait()
+
+
+RECORDED_STAGES = ("prepare", "train", "explain")  # the stages that start a recorder early
+_launched: Recorder | None = None
+
+
+def enabled() -> bool:
+    return os.environ.get("MMP_RECORDER") != "0"
+
+
+def launch_early(entry: str) -> None:
+    """Start the recorder as the stage script starts, before its config is composed: it loads MLflow meanwhile."""
+    global _launched
+    if _launched is None and enabled():
+        _launched = Recorder.launch(entry)
+
+
+def discard_unused() -> None:
+    """Stop a recorder started early that no stage has used: it holds no run."""
+    global _launched
+    if _launched is not None:
+        _launched.kill()
+        _launched = None
+
+
+def for_stage(config: Config, stage: str, entry: str, verbose: bool = False) -> Recorder | None:
+    """The recorder for ``stage``: the one started early if any, else a new one; None if turned off
+    (``MMP_RECORDER=0``) or if none can start."""
+    global _launched
+    if not enabled():
+        return None
+    recorder, _launched = _launched or Recorder.launch(entry), None
+    return recorder if recorder is not None and recorder.open(config, stage, verbose) else None
+
+
+class RecordedRun:
+    """What a stage block sees of a run kept by a recorder: ``info`` (``run_id``, ``experiment_id``)."""
+
+    def __init__(self, recorder: Recorder, tags: dict[str, str]) -> None:
+        self._recorder, self._tags = recorder, tags
+        self._info: SimpleNamespace | None = None
+        self._asked = False  # "start" sent, its answer not read yet
+
+    @property
+    def started(self) -> bool:
+        return self._info is not None
+
+    @property
+    def info(self) -> SimpleNamespace:
+        return self.start()
+
+    def begin(self) -> None:
+        """Ask for the run without waiting: the recorder creates it while the stage computes."""
+        if self._info is None and not self._asked:
+            self._recorder.send({"op": "start", "tags": self._tags})
+            self._asked = True
+
+    def start(self) -> SimpleNamespace:
+        if self._info is None:
+            self.begin()
+            self._asked = False
+            self._info = _run_info(_answer(self._recorder.receive()))
+        return self._info
+
+    def mirror(
+        self, extras: dict[str, Any], outputs: list[Path], meanwhile: Callable[[], None] | None
+    ) -> str | None:
+        """Mirror the finished stage in the recorder, running ``meanwhile`` here as it does; the warning if the
+        store deferred the mirror, else None."""
+        command = {
+            "op": "mirror",
+            "tags": self._tags,
+            "extras": extras,
+            "outputs": [str(path) for path in outputs],
+            "meanwhile": meanwhile is not None,
+        }
+        if self._asked:
+            self.start()  # its answer comes first
+        if meanwhile is not None:
+            self._recorder.send(command)
+            meanwhile()  # on failure the run block's end() tells the recorder, which is waiting for "continue"
+            command = {"op": "continue"}
+        try:
+            answer = _answer(self._recorder.request(command))
+        finally:
+            self._recorder.close()  # the mirror ends the run: the recorder is done
+        if answer.get("run"):
+            self._info = self._info or _run_info(answer)
+        return answer.get("deferred")
+
+    def end(self, exc: BaseException | None) -> None:
+        """End the run: FINISHED, or FAILED/KILLED with the error (a no-op once mirrored)."""
+        if self._recorder.closed:
+            return
+        try:
+            if self._asked:
+                with contextlib.suppress(TrackingError):  # the run could not be created: "fail" tells of it
+                    self.start()
+                if self._recorder.closed:
+                    return
+            if exc is None:
+                answer = _answer(self._recorder.request({"op": "finish", "tags": self._tags}))
+            else:
+                from mmp.tracking import failed_status
+
+                command = {
+                    "op": "fail",
+                    "tags": self._tags,
+                    "status": failed_status(exc),
+                    "pruned": isinstance(exc, Pruned),
+                    "error": " ".join(str(exc).split()),
+                }
+                answer = self._recorder.request(command)
+            if answer.get("run"):
+                self._info = self._info or _run_info(answer)
+        finally:
+            self._recorder.close()
+
+
+def _answer(reply: dict[str, Any]) -> dict[str, Any]:
+    if error := reply.get("error"):
+        raise TrackingError(error)
+    return reply
+
+
+def _run_info(reply: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(**reply["run"])
+
+
+# --------------------------------------------------------------------------- the recorder process
+
+
+class _StageStopped(Exception):
+    """The stage failed, was stopped, or its process went away: the run ends with ``status``."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.run_status = status
+
+
+def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]) -> None:
+    for module in ("mlflow", "mlflow.store.tracking.sqlalchemy_store"):
+        importlib.import_module(module)
+    from mmp import tracking
+    from mmp.config import from_dict
+    from mmp.runtime import setup_logging
+
+    opening = json.loads(sys.stdin.readline() or "null")
+    if opening is None:
+        return  # the stage stopped before it needed its run (a bad config, say)
+    setup_logging(opening["verbose"])
+    stage = opening["stage"]
+    config = from_dict(opening["config"], root=Path(opening["root"]), overrides=tuple(opening["overrides"]))
+    if stage == "train":
+        threading.Thread(target=_warm_up_train, args=(config,), name="warm-up", daemon=True).start()
+
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
+    def info(run: tracking.StageRun) -> dict[str, Any]:
+        return {"run": {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}} if run.started else {}
+
+    commands = (json.loads(line) for line in sys.stdin)
+    first = next(commands, None)
+    if first is None:
+        return  # the stage stopped before its run block (bad data, say): it has no run
+    deferred = None
+    run = None
+    try:
+        with tracking.stage_run(config, stage, lazy=True, started_ms=opening["started_ms"]) as run:
+            for command in itertools.chain([first], commands):
+                run.add_tags(command.get("tags", {}))
+                op = command["op"]
+                if op == "start":
+                    try:
+                        run.start()
+                    except TrackingError as exc:
+                        reply({"error": str(exc)})
+                        continue
+                    reply(info(run))
+                elif op == "mirror":
+                    mirror_fn = mirrors()[stage]
+                    outputs = [Path(path) for path in command["outputs"]]
+
+                    def late_outputs_written() -> None:  # the stage's ``meanwhile``: it says when it is done
+                        after = next(commands, None)
+                        if after is None:
+                            raise _StageStopped("The stage process ended before its run was finished", "KILLED")
+                        if after["op"] != "continue":
+                            raise _stopped(after)
+
+                    meanwhile = late_outputs_written if command["meanwhile"] else None
+                    try:
+                        tracking.mirror(config, stage, run, mirror_fn, command["extras"], outputs, meanwhile)
+                    except tracking.MirrorDeferred as exc:
+                        deferred = str(exc)
+                        raise
+                    break
+                elif op == "finish":
+                    break
+                else:
+                    raise _stopped(command)
+            else:
+                raise _StageStopped("The stage process ended before its run was finished", "KILLED")
+    except (_StageStopped, Pruned):
+        reply(info(run) if run is not None else {})
+    except Exception as exc:
+        log.debug("recording the %s run failed", stage, exc_info=True)
+        reply({"error": redact(" ".join(str(exc).split())) or type(exc).__name__})
+    else:
+        reply({**info(run), "deferred": deferred} if run is not None else {})
+
+
+def _stopped(command: dict[str, Any]) -> Exception:
+    """The exception that ends the run as a ``fail`` command says: a pruned search trial, or FAILED/KILLED."""
+    if command["pruned"]:
+        return Pruned(command["error"])
+    return _StageStopped(command["error"], command["status"])
+
+
+WARM_UP_NICENESS = 10  # a nice-10 thread gets about a tenth of a core that normal threads keep busy
+
+
+def _warm_up_train(config: Config) -> None:
+    """Load what the train mirror needs besides MLflow: the pyfunc flavour, MLflow's package map for
+    ``log_model`` (0.6 s), and the model's library, which the mirror loads to predict the signature's
+    example and MLflow loads to check the input example (XGBoost: 1 s).
+
+    The thread runs WARM_UP_NICENESS steps nicer than the recorder (Linux sets a thread's own nice
+    value), so during the fit it takes mostly a core's idle moments. Not SCHED_IDLE: an unprivileged
+    process cannot raise a thread back from it, and the mirror waits on the imports this thread holds.
+    With a second train stage fitting beside it (``dvc queue start -j 2``), an idle-class warm-up
+    stalled the first stage's mirror until the other fit ended (4.8-5.6 s); at nice +10, 1.2-2.8 s.
+    """
+    from mmp import preload
+    from mmp.model.registry import check_model_name
+
+    with contextlib.suppress(OSError, AttributeError):
+        thread = threading.get_native_id()
+        niceness = min(19, os.getpriority(os.PRIO_PROCESS, thread) + WARM_UP_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, thread, niceness)
+    family = check_model_name(config.recipe.model.name)
+    libraries = {path.split(":")[0] for path in (family.classifier, family.regressor) if path}
+    try:
+        for module in ("mlflow.pyfunc", "mlflow.models.signature", "mmp.model.predictor", *libraries):
+            importlib.import_module(module)
+        preload.mlflow_requirements_map()
+    except Exception:  # the mirror meets it again, and reports it
+        log.debug("warming up the train mirror failed", exc_info=True)
+
+
+def main(argv: list[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]) -> None:
+    """The recorder process: ``argv`` holds the reply pipe's descriptor; ``mirrors()`` maps a stage to its
+    mirror function (imported after MLflow, which the recorder loads first)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the stage, which tells us how it ended
+    with os.fdopen(int(argv[0]), "w") as replies, contextlib.suppress(BrokenPipeError):
+        _serve(replies, mirrors)
+    # The run is ended and answered for: skip the interpreter's teardown (0.5 s with MLflow loaded),
+    # which the stage would otherwise wait for.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+

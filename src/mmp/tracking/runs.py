@@ -1,0 +1,299 @@
+"""Mirroring stage runs to MLflow: the store, the experiment, runs, params, tags and lineage.
+
+Every stage run is one MLflow run. Runs are linked by tags (``mmp.prepare_run_id`` on a train run,
+``mmp.train_run_id`` on later stages) and, inside sweeps, by a parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmp.config import Config
+from mmp.errors import Pruned, TrackingError
+from mmp.redaction import redact
+from mmp.tracking.store import describe_failure, is_store_failure, setup
+from mmp.tracking.tags import TAG_PREFIX, _run_name, common_tags, params_of
+
+if TYPE_CHECKING:
+    from mmp.tracking.recorder import RecordedRun, Recorder
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+# --------------------------------------------------------------------------- tags and params
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class MirrorDeferred(Exception):
+    """The store failed while a finished stage was being mirrored; its outputs stay, a record is pending."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a stage run sits: its parent (a sweep or a job's train run) and extra tags (sweep id, job)."""
+
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class StageRun:
+    """A stage's MLflow run, created on first use of :attr:`info` (or by :meth:`start`) and made active.
+
+    A stage can then compute before it touches the store, while MLflow imports on a background thread
+    (:mod:`mmp.preload`): the train stage fits first, and its run still starts when the
+    stage did (``start_time``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        stage: str,
+        tags: dict[str, str],
+        context: RunContext | None,
+        started_ms: int | None = None,
+    ) -> None:
+        self._config, self._stage, self._tags, self._context = config, stage, tags, context
+        self._started_ms = started_ms or int(time.time() * 1000)
+        self._run: Any = None
+
+    @property
+    def started(self) -> bool:
+        return self._run is not None
+
+    @property
+    def info(self) -> Any:
+        return self.start().info
+
+    def add_tags(self, tags: dict[str, str]) -> None:
+        """Tags for the run when it is created (a recorder learns them as the stage goes)."""
+        self._tags.update(tags)
+
+    def begin(self) -> None:
+        """A recorder's run is asked for now and answered at first use; a run in this process starts then."""
+
+    def start(self, resume_run_id: str | None = None) -> Any:
+        """Create the run (or reopen ``resume_run_id``), make it the active run, log the params."""
+        if self._run is not None:
+            return self._run
+        import mlflow
+
+        config = self._config
+        experiment_id = setup(config)
+        try:
+            if resume_run_id:
+                self._run = mlflow.start_run(run_id=resume_run_id)
+                return self._run
+            run_tags = {**common_tags(config, self._stage), **self._tags}
+            if self._context:
+                run_tags.update(self._context.tags)
+                if self._context.parent_run_id:
+                    run_tags["mlflow.parentRunId"] = self._context.parent_run_id
+            from mlflow.tracking.context.registry import resolve_tags
+
+            # As mlflow.start_run would: its default tags (user, source) under ours, and our start time.
+            created = mlflow.MlflowClient().create_run(
+                experiment_id,
+                start_time=self._started_ms,
+                tags=resolve_tags(run_tags),
+                run_name=_run_name(config, self._stage, run_tags),
+            )
+            self._run = mlflow.start_run(run_id=created.info.run_id)
+            mlflow.log_params(params_of(config))
+        except mlflow.exceptions.MlflowException as exc:
+            uri = mlflow.get_tracking_uri()
+            raise TrackingError(describe_failure(uri, exc, config.mlflow.experiment_name)) from None
+        return self._run
+
+
+@contextlib.contextmanager
+def stage_run(
+    config: Config,
+    stage: str,
+    *,
+    tags: dict[str, str] | None = None,
+    context: RunContext | None = None,
+    resume_run_id: str | None = None,
+    lazy: bool = False,
+    recorder: Recorder | None = None,
+    started_ms: int | None = None,
+) -> Iterator[StageRun | RecordedRun]:
+    """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises.
+
+    ``lazy``: the run is created on first use of ``run.info`` (see :class:`StageRun`); the block must not
+    call MLflow's fluent API before that. If the block fails first, the run is created FAILED.
+    ``resume_run_id`` reopens an existing run instead (``mmp mirror``). A :class:`MirrorDeferred` raised
+    by :func:`mirror` ends the block quietly: the stage's work is done and only its mirror is pending.
+    With a ``recorder`` (:func:`start_recorder`) the run is kept by that process; the block is the same.
+    """
+    if recorder is not None:
+        with _recorded_stage_run(recorder, tags or {}) as recorded:
+            yield recorded
+        return
+    run = StageRun(config, stage, tags or {}, context, started_ms)
+    if resume_run_id or not lazy:
+        run.start(resume_run_id)
+    try:
+        yield run
+        run.start()  # a block that never used its run still records one
+    except MirrorDeferred as deferred:
+        log.warning("%s", deferred)
+        import mlflow
+
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status="FAILED")  # if the store is back already; `mmp mirror` resumes it either way
+    except BaseException as exc:
+        status = getattr(exc, "run_status", None) or failed_status(exc)
+        with contextlib.suppress(Exception):
+            run.start()  # a lazy run that failed before its first use
+        if not run.started:
+            raise
+        import mlflow
+
+        if isinstance(exc, Pruned):
+            exc.run_id = run.info.run_id
+            with contextlib.suppress(Exception):
+                mlflow.set_tag(f"{TAG_PREFIX}pruned", "true")
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(f"{TAG_PREFIX}error", redact(" ".join(str(exc).split()))[:1000])
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status=status)
+        raise
+    else:
+        import mlflow
+
+        if (active := mlflow.active_run()) is not None and active.info.run_id == run.info.run_id:
+            mlflow.end_run(status="FINISHED")
+
+
+def failed_status(exc: BaseException) -> str:
+    """The status of a run whose stage raised ``exc``."""
+    return "KILLED" if isinstance(exc, (KeyboardInterrupt, Pruned)) else "FAILED"
+
+
+def start_recorder(config: Config, stage: str, context: RunContext | None, entry: str) -> Recorder | None:
+    """A recorder process (:mod:`mmp.tracking.recorder`) for a stand-alone stage run, called at the top of the stage.
+
+    None inside sweeps (``context``) and wherever MLflow is loaded already: there it costs nothing more
+    in-process. ``MMP_RECORDER=0`` turns recorders off.
+    """
+    if context is not None or "mlflow" in sys.modules:
+        return None
+    from mmp.tracking import recorder
+
+    return recorder.for_stage(config, stage, entry, logging.getLogger().isEnabledFor(logging.DEBUG))
+
+
+@contextlib.contextmanager
+def _recorded_stage_run(recorder: Recorder, tags: dict[str, str]) -> Iterator[RecordedRun]:
+    from mmp.tracking.recorder import RecordedRun
+
+    run = RecordedRun(recorder, tags)
+    try:
+        yield run
+    except MirrorDeferred:
+        pass  # the recorder logged it
+    except BaseException as exc:
+        try:
+            run.end(exc)
+        except TrackingError as gone:
+            log.debug("%s", gone)
+        if isinstance(exc, Pruned) and run.started:
+            exc.run_id = run.info.run_id
+        raise
+    else:
+        run.end(None)
+
+
+MirrorFunction = Callable[[Config, Any, dict[str, Any]], None]
+LATE_ARTIFACTS = "late_artifacts"  # extras key: {artifact folder: config path} of outputs logged last
+
+
+def mirror(
+    config: Config,
+    stage: str,
+    run: StageRun | RecordedRun,
+    mirror_fn: MirrorFunction,
+    extras: dict[str, Any],
+    outputs: list[Path],
+    meanwhile: Callable[[], None] | None = None,
+) -> None:
+    """Log a finished stage to its run with ``mirror_fn`` (which reads the stage's DVC outputs) and end it.
+
+    ``extras`` holds what the outputs do not (timings, learning curves). ``meanwhile`` writes the
+    outputs named in ``extras[LATE_ARTIFACTS]`` (the train charts): it runs while a recorder process
+    runs ``mirror_fn``, and those folders are logged once it returns. If the store fails, a pending
+    record is written for ``mmp mirror`` and :class:`MirrorDeferred` ends the stage's run block.
+    """
+    if not isinstance(run, StageRun):  # kept by a recorder process, which mirrors it
+        if warning := run.mirror(extras, outputs, meanwhile):
+            raise MirrorDeferred(warning)
+        return
+    import mlflow
+
+    from mmp.tracking import pending
+
+    run.start()  # a lazy run that the stage has not used yet
+    try:
+        try:
+            mirror_fn(config, run, extras)
+        finally:
+            if meanwhile is not None:
+                meanwhile()  # the late outputs are complete before they are logged or recorded as pending
+        log_late_artifacts(config, extras)
+        mlflow.end_run(status="FINISHED")
+    except Exception as exc:
+        if not is_store_failure(exc):
+            raise
+        reason = describe_failure(mlflow.get_tracking_uri(), exc, config.mlflow.experiment_name)
+        pending.save(config, stage, run.info.run_id, extras, outputs, reason)
+        raise MirrorDeferred(
+            f"The {stage} stage finished and kept its outputs, but its MLflow run {run.info.run_id} is incomplete: "
+            f"{reason}. Run `mmp mirror` once the store is back"
+        ) from None
+
+
+def log_late_artifacts(config: Config, extras: dict[str, Any]) -> None:
+    """Log the folders of ``extras[LATE_ARTIFACTS]`` to the active run (the last step of a mirror)."""
+    import mlflow
+
+    for artifact_path, folder in extras.get(LATE_ARTIFACTS, {}).items():
+        mlflow.log_artifacts(str(config.resolve(folder)), artifact_path=artifact_path)
+
+
+def log_dataset(path: Path, digest: str, name: str, context: str, schema_frame: Any = None) -> None:
+    """Record a data file as an MLflow dataset input of the active run."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    schema = None
+    if schema_frame is not None:
+        from mlflow.types.utils import _infer_schema
+
+        schema = _infer_schema(schema_frame)
+    with warnings.catch_warnings():
+        # Local paths match two equivalent source classes; MLflow warns and picks one.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(path.resolve()))
+    dataset = MetaDataset(source=source, name=name, digest=digest, schema=schema)
+    mlflow.log_input(dataset, context=context)
+
+
+def run_url(run: Any) -> str:
+    """The run's address in the UI, for messages ('#/experiments/<id>/runs/<id>')."""
+    return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+

@@ -1,0 +1,215 @@
+"""The MLflow store: where it is, setting it up, checking it is reachable, and naming its failures in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from mmp.config import Config, tracking_root
+from mmp.errors import TrackingError
+from mmp.files import file_lock, safe_name
+from mmp.redaction import redact
+
+
+def resolve_tracking_uri(uri: str, root: Path) -> str:
+    """Make a relative local store path absolute against the project root.
+
+    ``sqlite:///mlflow.db`` -> ``sqlite:////<root>/mlflow.db``; ``file:mlruns`` or a bare path
+    likewise. Remote URIs are returned unchanged.
+    """
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(root / uri[len('sqlite:///') :]).resolve()}"
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        return (root / uri[len("file:") :].lstrip("/")).resolve().as_uri()
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        return (root / uri).resolve().as_uri()
+    return uri
+
+
+
+def load_dotenv(root: Path) -> None:
+    """Load ``.env`` from the project root into the environment (never overriding what is set)."""
+    env_file = root / ".env"
+    if env_file.is_file():
+        from dotenv import load_dotenv as _load
+
+        _load(env_file, override=False)
+
+
+
+def setup(config: Config) -> str:
+    """Point MLflow at the configured store and experiment; return the experiment id."""
+    store_root = tracking_root(config.root)
+    load_dotenv(store_root)
+    # Fail in seconds, not minutes, when a tracking server is unreachable (3 tries, 2 s apart).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _store_lock(uri):
+            experiment_id = _experiment_id(config, uri, store_root)
+        mlflow.set_experiment(experiment_id=experiment_id)
+    except Exception as exc:  # everything here talks to the store: any failure is the store's
+        raise TrackingError(describe_failure(uri, exc, config.mlflow.experiment_name)) from None
+    return experiment_id
+
+
+
+def preflight(config: Config) -> None:
+    """Fail at once on a tracking server that is down or refuses our login: one plain HTTP request.
+
+    Stages call this before any data work. It does not import MLflow (seconds), which meanwhile loads
+    in the background while the stage reads its data; local stores need no check here.
+    """
+    store_root = tracking_root(config.root)
+    load_dotenv(store_root)
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    name = config.mlflow.experiment_name
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    headers = {}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    verify: bool | str = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    if verify and (cert := os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")):
+        verify = cert
+    try:
+        response = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": name},
+            auth=(user, password) if user and password else None,
+            headers=headers,
+            timeout=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")),
+            verify=verify,
+        )
+    except requests.RequestException as exc:
+        raise TrackingError(describe_failure(uri, exc, name)) from None
+    if response.status_code in (401, 403) or response.status_code >= 500:
+        raise TrackingError(describe_failure(uri, Exception(f"error code {response.status_code}"), name))
+
+
+
+def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
+    """The configured experiment's id, created (with mmp's artifact location) on first use."""
+    import mlflow
+
+    name = config.mlflow.experiment_name
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    artifact_location = None
+    if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
+        artifact_location = (store_root / config.mlflow.artifact_location / safe_name(name)).resolve().as_uri()
+    try:
+        return str(mlflow.create_experiment(name, artifact_location=artifact_location))
+    except mlflow.exceptions.MlflowException:
+        # Another process (a remote client, or a job without the file lock) created it first.
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store across processes.
+
+    MLflow creates and migrates the schema of a new mlflow.db on first use; parallel sweep jobs or
+    queued DVC experiments doing that at once corrupt it ("duplicate column", alembic version errors).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri[len("sqlite:///") :])
+    with file_lock(database.with_name(database.name + ".lock")):
+        yield
+
+
+
+_HTTP_STATUS = re.compile(r"error code (\d{3})\b|\b(\d{3}) (?:Client|Server) Error\b|status code (\d{3})\b")
+
+
+
+_UNREACHABLE = (
+    ("Connection refused", "connection refused"),
+    ("Failed to resolve", "unknown host"),
+    ("Name or service not known", "unknown host"),
+    ("timed out", "timed out"),
+    ("Timeout", "timed out"),
+    ("Max retries exceeded", "no answer"),
+    ("Connection aborted", "connection lost"),
+    ("RemoteDisconnected", "connection lost"),
+)
+
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an MLflow or requests error reports, if any."""
+    match = _HTTP_STATUS.search(str(exc))
+    return int(next(group for group in match.groups() if group)) if match else None
+
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """True when the tracking store (not mmp, not the data) failed: unreachable, refused, or erroring."""
+    import requests
+
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return False  # a missing output file is mmp's problem, not the store's
+    if isinstance(exc, (OSError, requests.RequestException)):
+        return True
+    text = str(exc)
+    status = http_status(exc)
+    return (status is not None and (status in (401, 403, 429) or status >= 500)) or any(
+        pattern in text for pattern, _ in _UNREACHABLE
+    )
+
+
+
+def describe_failure(uri: str, exc: BaseException, experiment: str | None = None) -> str:
+    """One line naming the store, the user and the fix; never the password."""
+    uri = redact(uri)
+    text = " ".join(str(exc).split())
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    status = http_status(exc)
+    where = f"experiment '{experiment}'" if experiment else "the experiment"
+    if status == 401:
+        if not user:
+            return (
+                f"MLflow at {uri} requires a login; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "in .env (see .env.example)"
+            )
+        return (
+            f"MLflow at {uri} refused the credentials of user '{user}'; "
+            "put the right MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in .env"
+        )
+    if status == 403:
+        return f"User '{user}' may not write to {where} at {uri}; ask an MLflow admin for EDIT permission on it"
+    for pattern, reason in _UNREACHABLE:
+        if pattern in text:
+            return (
+                f"MLflow server {uri} is unreachable ({reason}); start it (docs/mlflow.md) "
+                "or fix mlflow.tracking_uri in your config"
+            )
+    if status is not None and status >= 500:
+        return f"MLflow server {uri} answered HTTP {status}; see the server's log"
+    local = not uri.startswith(("http://", "https://"))
+    if "unable to open database file" in text or (local and isinstance(exc, OSError)):
+        return (
+            f"MLflow store {uri} cannot be opened; its folder must exist and be writable by you "
+            "(check the permissions of a mounted folder)"
+        )
+    return redact(f"MLflow store {uri} failed: {text[:300]}")

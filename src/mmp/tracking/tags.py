@@ -1,0 +1,166 @@
+"""What every run records about itself: tags (stage, recipe, data, git, DVC, versions) and params."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mmp.config import Config, flatten
+from mmp.redaction import redact
+
+TAG_PREFIX = "mmp."
+
+
+
+KEY_PACKAGES = (
+    "mlflow",
+    "dvc",
+    "hydra-core",
+    "polars",
+    "scikit-learn",
+    "xgboost",
+    "lightgbm",
+    "shap",
+    "numpy",
+    "pandas",
+)
+
+
+
+_MAX_PARAM_LENGTH = 6000
+
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """Commit, branch and dirty flag of the project's git checkout (empty outside git)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    tags = {"mlflow.source.git.commit": commit}
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch:
+        tags["mlflow.source.git.branch"] = branch
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if status is not None:
+        tags[f"{TAG_PREFIX}git.dirty"] = str(bool(status)).lower()
+    return tags
+
+
+
+def environment_tags() -> dict[str, str]:
+    tags = {f"{TAG_PREFIX}python": platform.python_version()}
+    for package in KEY_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[f"{TAG_PREFIX}version.{package}"] = metadata.version(package)
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        tags[f"{TAG_PREFIX}version.mmp"] = metadata.version("mmp")
+    return tags
+
+
+
+def dvc_tags() -> dict[str, str]:
+    names = {
+        "DVC_EXP_NAME": "dvc.exp_name",
+        "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev",
+        "DVC_STAGE": "dvc.stage",
+    }
+    return {f"{TAG_PREFIX}{tag}": os.environ[var] for var, tag in names.items() if os.environ.get(var)}
+
+
+
+def effective_overrides(config: Config) -> list[str]:
+    """The Hydra overrides that produced this config.
+
+    When mmp composed the config itself it knows them. Under ``dvc repro``/``dvc exp run`` it reads
+    params.yaml, so it reports how params.yaml differs from conf/'s defaults instead.
+    """
+    if config.overrides:
+        return list(config.overrides)
+    from mmp.config import compose
+
+    # A recipe or data set that exists under conf/ is reported as the choice (recipe=lgbm-tuned);
+    # values are then compared with that choice's own defaults.
+    choices = [
+        f"{group}={name}"
+        for group, name in (("recipe", config.recipe.name), ("data", config.data.name))
+        if (config.root / "conf" / group / f"{name}.yaml").is_file()
+    ]
+    try:
+        defaults = flatten(compose(config.root, choices))
+        default_choices = _default_choices(config.root)
+    except Exception:  # a best-effort tag must never fail a run
+        return []
+    choices = [choice for choice in choices if default_choices.get(choice.split("=")[0]) != choice.split("=")[1]]
+    current = flatten(config.as_dict())
+    changed = [f"{key}={value}" for key, value in current.items() if defaults.get(key, object()) != value]
+    changed += [f"~{key}" for key in defaults if key not in current]
+    return choices + changed
+
+
+
+def _default_choices(root: Path) -> dict[str, str]:
+    """The group choices of conf/config.yaml's defaults list ({"recipe": "xgb-baseline", ...})."""
+    import yaml
+
+    defaults = yaml.safe_load((root / "conf" / "config.yaml").read_text(encoding="utf-8")).get("defaults", [])
+    return {key: str(value) for entry in defaults if isinstance(entry, dict) for key, value in entry.items()}
+
+
+
+def params_of(config: Config) -> dict[str, str]:
+    """The flattened composed config, as MLflow params (paths and tracking settings left out)."""
+    flat = flatten({k: v for k, v in config.as_dict().items() if k not in ("mlflow", "paths")})
+    return {key: str(value)[:_MAX_PARAM_LENGTH] for key, value in flat.items()}
+
+
+
+def common_tags(config: Config, stage: str) -> dict[str, str]:
+    """The tags of every mmp run: stage, recipe, data, overrides, source, git, DVC and versions."""
+    script = f"stages/{stage}.py"
+    return {
+        f"{TAG_PREFIX}stage": stage,
+        f"{TAG_PREFIX}recipe": config.recipe.name,
+        f"{TAG_PREFIX}data": config.data.name,
+        f"{TAG_PREFIX}overrides": " ".join(effective_overrides(config))[:5000],
+        "mlflow.source.name": script if (config.root / script).is_file() else current_command(),
+        **git_tags(config.root),
+        **dvc_tags(),
+        **environment_tags(),
+    }
+
+
+
+def _run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
+    run_name = f"{stage}-{config.recipe.name}"
+    if job := run_tags.get(f"{TAG_PREFIX}sweep_job"):
+        run_name = f"{run_name}-job{job}"
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        run_name = f"{run_name}-{exp_name}"
+    return run_name
+
+
+
+def loggable_config(config: Config) -> dict[str, Any]:
+    """The composed config as logged to MLflow (``config.yaml``): credentials in a URI masked."""
+    raw = config.as_dict()
+    raw["mlflow"] = {**raw["mlflow"], "tracking_uri": redact(raw["mlflow"]["tracking_uri"])}
+    return raw
+
+
+
+def current_command() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
