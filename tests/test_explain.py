@@ -11,7 +11,9 @@ from mmp.config import DataConfig, PreprocessingConfig, SplitConfig
 from mmp.data import clean_and_check, feature_columns, load, split
 from mmp.data.preprocessing import Preprocessor
 from mmp.explanation.shap import ExplainError, explain, raw_output
-from mmp.model.registry import FAMILIES, ModelFamily, TrainedModel, build_and_fit, resolve_params
+from mmp.model.registry import MODELS, encoding_plan, resolve_params
+from mmp.model.spec import FitData, ModelSpec
+from mmp.model.trained import TrainedModel, fit
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SMALL = {
@@ -21,6 +23,7 @@ SMALL = {
     "extra_trees": {"n_estimators": 40, "max_depth": 6},
     "hist_gradient_boosting": {"max_iter": 40},
     "linear": {"max_iter": 500},
+    "catboost": {"iterations": 60, "depth": 4},
 }
 
 
@@ -28,7 +31,7 @@ def trained(family_name: str, dataset: str, target: str, seed: int = 0) -> tuple
     data = DataConfig(name=dataset, path=str(DATA / f"{dataset}.csv"), target=target)
     cleaned = clean_and_check(load(data, DATA / f"{dataset}.csv"), data, "auto")
     parts = split(cleaned.frame, target, cleaned.task, SplitConfig(), seed)
-    family: ModelFamily = FAMILIES[family_name]
+    spec: ModelSpec = MODELS[family_name]
     pre = Preprocessor.fit(
         parts["train"],
         target=target,
@@ -37,24 +40,14 @@ def trained(family_name: str, dataset: str, target: str, seed: int = 0) -> tuple
         id_columns=[],
         features=feature_columns(cleaned.frame, data),
         categorical_columns=[],
-        family=family,
-        settings=PreprocessingConfig(),
+        plan=encoding_plan(spec, PreprocessingConfig()),
     )
     x = {k: pre.transform(v) for k, v in parts.items()}
     y = {k: pre.encode_target(v[target]) for k, v in parts.items()}
-    params = resolve_params(family, cleaned.task, SMALL[family_name], seed)
-    fit = build_and_fit(
-        family,
-        cleaned.task,
-        params,
-        x["train"],
-        y["train"],
-        x["valid"],
-        y["valid"],
-        pre.categorical_indices,
-        10 if family.early_stopping else None,
-    )
-    return TrainedModel(family, cleaned.task, fit.estimator, cleaned.classes or []), pre, x
+    params = resolve_params(spec, cleaned.task, SMALL[family_name], seed)
+    data = FitData(x["train"], y["train"], x["valid"], y["valid"], pre.categorical_indices, 10)
+    result = fit(spec, cleaned.task, params, data)
+    return TrainedModel(spec, cleaned.task, result.estimator, cleaned.classes or []), pre, x
 
 
 @pytest.mark.parametrize("family", list(SMALL))
@@ -91,7 +84,7 @@ def test_sex_is_a_top_feature_on_titanic(family: str) -> None:
 def test_unsupported_model_fails_clearly() -> None:
     from sklearn.neighbors import KNeighborsClassifier
 
-    knn = ModelFamily("knn", "sklearn.neighbors:KNeighborsClassifier", None, "onehot", False)
+    knn = ModelSpec("knn", "sklearn", "sklearn.neighbors:KNeighborsClassifier", None, "onehot", False, linear=True)
     model = TrainedModel(knn, "binary", KNeighborsClassifier(), ["a", "b"])
     with pytest.raises(ExplainError, match="No exact SHAP explainer for sklearn.neighbors.KNeighborsClassifier"):
         explain(model, np.zeros((2, 2), dtype=np.float32), ["a", "b"])

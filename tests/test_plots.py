@@ -303,6 +303,13 @@ def fit_data(task: str) -> tuple[np.ndarray, np.ndarray]:
     return x, (x[:, 0] + 0.3 * x[:, 1] > 0).astype(int)
 
 
+def trained(name: str, task: str, estimator: Any) -> Any:
+    from mmp.model.registry import MODELS
+    from mmp.model.trained import TrainedModel
+
+    return TrainedModel(MODELS[name], task, estimator, [])
+
+
 def assert_first_feature_leads(values: np.ndarray | None) -> None:
     assert values is not None and values.shape == (4,)
     assert np.all(values >= 0) and int(values.argmax()) == 0
@@ -313,11 +320,11 @@ def test_tree_importances() -> None:
 
     x, y = fit_data("binary")
     assert_first_feature_leads(
-        feature_importances(RandomForestClassifier(n_estimators=10, random_state=0).fit(x, y), 4)
+        feature_importances(trained("random_forest", "binary", RandomForestClassifier(n_estimators=10, random_state=0).fit(x, y)), 4)
     )
-    assert feature_importances(HistGradientBoostingClassifier(max_iter=5).fit(x, y), 4) is None
+    assert feature_importances(trained("hist_gradient_boosting", "binary", HistGradientBoostingClassifier(max_iter=5).fit(x, y)), 4) is None
     with pytest.raises(ValueError, match="3 features"):
-        feature_importances(RandomForestClassifier(n_estimators=2).fit(x, y), 3)
+        feature_importances(trained("random_forest", "binary", RandomForestClassifier(n_estimators=2).fit(x, y)), 3)
 
 
 def test_linear_importances_are_absolute_coefficients() -> None:
@@ -325,36 +332,36 @@ def test_linear_importances_are_absolute_coefficients() -> None:
 
     x, y = fit_data("multiclass")
     model = LogisticRegression().fit(x, y)
-    values = feature_importances(model, 4)
+    values = feature_importances(trained("linear", "multiclass", model), 4)
     assert_first_feature_leads(values)
     np.testing.assert_allclose(values, np.abs(model.coef_).mean(axis=0))
     x, y = fit_data("regression")
-    np.testing.assert_allclose(feature_importances(Ridge().fit(-x, y), 4), [3, 1, 0, 0], atol=0.05)
+    np.testing.assert_allclose(feature_importances(trained("linear", "regression", Ridge().fit(-x, y)), 4), [3, 1, 0, 0], atol=0.05)
 
 
 def test_xgboost_importances_from_estimator_or_loaded_model(tmp_path: Path) -> None:
     xgboost = pytest.importorskip("xgboost")
-    from mmp.model.registry import FAMILIES, TrainedModel
+    from mmp.model.trained import TrainedModel
 
     x, y = fit_data("binary")
     estimator = xgboost.XGBClassifier(n_estimators=5).fit(x, y)
-    fitted = feature_importances(estimator, 4)
+    fitted = feature_importances(trained("xgboost", "binary", estimator), 4)
     assert_first_feature_leads(fitted)
-    TrainedModel(FAMILIES["xgboost"], "binary", estimator, ["no", "yes"]).save(tmp_path)
-    np.testing.assert_allclose(feature_importances(TrainedModel.load(tmp_path).estimator, 4), fitted)
+    trained("xgboost", "binary", estimator).save(tmp_path)
+    np.testing.assert_allclose(feature_importances(TrainedModel.load(tmp_path), 4), fitted)
 
 
 def test_lightgbm_importances_are_gain_from_estimator_or_loaded_booster(tmp_path: Path) -> None:
     lightgbm = pytest.importorskip("lightgbm")
-    from mmp.model.registry import FAMILIES, TrainedModel
+    from mmp.model.trained import TrainedModel
 
     x, y = fit_data("multiclass")
     estimator = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(x, y)
-    fitted = feature_importances(estimator, 4)
+    fitted = feature_importances(trained("lightgbm", "multiclass", estimator), 4)
     assert_first_feature_leads(fitted)
     assert fitted.sum() == pytest.approx(1.0)
-    TrainedModel(FAMILIES["lightgbm"], "multiclass", estimator, ["a", "b", "c"]).save(tmp_path)
-    loaded = TrainedModel.load(tmp_path).estimator  # the _LightGBMBooster wrapper
+    trained("lightgbm", "multiclass", estimator).save(tmp_path)
+    loaded = TrainedModel.load(tmp_path)  # the LightGBM booster behind its LoadedBooster face
     np.testing.assert_allclose(feature_importances(loaded, 4), fitted)
 
 

@@ -11,7 +11,7 @@ from mmp.data import clean_and_check, infer_task, split
 from mmp.data.preprocessing import Preprocessor
 from mmp.errors import ConfigError, DataError
 from mmp.evaluation.metrics import classification_metrics, regression_metrics
-from mmp.model.registry import FAMILIES, check_params, resolve_params
+from mmp.model.registry import MODELS, check_params, encoding_plan, resolve_params
 
 
 @pytest.fixture()
@@ -36,8 +36,7 @@ def fit(frame: pl.DataFrame, family: str, **settings: object) -> Preprocessor:
         id_columns=[],
         features=["age", "town"],
         categorical_columns=[],
-        family=FAMILIES[family],
-        settings=PreprocessingConfig(**settings),
+        plan=encoding_plan(MODELS[family], PreprocessingConfig(**settings)),
     )
 
 
@@ -139,12 +138,12 @@ def test_metrics() -> None:
 
 def test_hyperparameters_are_checked() -> None:
     with pytest.raises(ConfigError, match="did you mean 'num_leaves'"):
-        check_params(FAMILIES["lightgbm"], {"num_leave": 3}, seed=0)
+        check_params(MODELS["lightgbm"], {"num_leave": 3}, seed=0)
     with pytest.raises(ConfigError, match="must be a number"):
-        check_params(FAMILIES["xgboost"], {"learning_rate": "fast"}, seed=0)
-    linear = resolve_params(FAMILIES["linear"], "regression", {"C": 1.0, "alpha": 2.0}, seed=0)
+        check_params(MODELS["xgboost"], {"learning_rate": "fast"}, seed=0)
+    linear = resolve_params(MODELS["linear"], "regression", {"C": 1.0, "alpha": 2.0}, seed=0)
     assert linear == {"alpha": 2.0, "random_state": 0}
-    assert resolve_params(FAMILIES["lightgbm"], "binary", {"feature_fraction": 0.8}, 1)["feature_fraction"] == 0.8
+    assert resolve_params(MODELS["lightgbm"], "binary", {"feature_fraction": 0.8}, 1)["feature_fraction"] == 0.8
 
 
 @pytest.mark.parametrize("family", ["xgboost", "random_forest", "linear"])

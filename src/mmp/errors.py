@@ -25,3 +25,7 @@ class Pruned(Exception):
     """A search trial stopped early by the pruner. Its MLflow run ends KILLED, tagged ``mmp.pruned``."""
 
     run_id: str | None = None
+
+
+class ExplainError(MmpError):
+    """The model cannot be explained exactly."""

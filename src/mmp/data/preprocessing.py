@@ -17,14 +17,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mmp.config import PreprocessingConfig
 from mmp.errors import DataError
-from mmp.model.registry import ModelFamily
 
 STATE_VERSION = 1
-_HGB_MAX_CATEGORIES = 250  # HistGradientBoosting takes native categories below its 255 bins
 _ORDINAL_MISSING = -1.0
-_NATIVE_CATEGORICAL_FAMILIES = ("xgboost", "lightgbm", "hist_gradient_boosting")
+
+
+@dataclass(frozen=True)
+class EncodingPlan:
+    """How the model wants its inputs, resolved from the recipe and the model (:func:`mmp.model.encoding_plan`)."""
+
+    encoding: str = "ordinal"  # categorical columns: native | ordinal | onehot
+    imputation: str = "none"  # numeric columns: none | median | mean | zero
+    scaling: str = "none"  # numeric columns: standard | none
+    max_onehot_levels: int = 30
+    max_native_levels: int | None = None  # above this, a native column falls back to ordinal codes
 
 
 @dataclass
@@ -69,28 +76,16 @@ class Preprocessor:
         id_columns: list[str],
         features: list[str],
         categorical_columns: list[str],
-        family: ModelFamily,
-        settings: PreprocessingConfig,
+        plan: EncodingPlan,
     ) -> Preprocessor:
-        encoding = family.encoding if settings.categorical_encoding == "auto" else settings.categorical_encoding
-        imputation = settings.numeric_imputation
-        if imputation == "auto":
-            imputation = "none" if family.handles_missing else "median"
-        scaling = settings.scaling
-        if scaling == "auto":
-            scaling = "standard" if family.linear else "none"
-        if encoding == "native" and family.name not in _NATIVE_CATEGORICAL_FAMILIES:
-            encoding = "ordinal"  # only XGBoost, LightGBM and HistGradientBoosting take native categories
-        if family.linear and encoding != "onehot":
-            encoding = "onehot"  # integer codes mean nothing to a linear model
         columns = []
         for name in features:
             series = train[name]
             categorical = name in categorical_columns or not series.dtype.is_numeric()
             if categorical:
-                columns.append(_fit_categorical(series, encoding, family, settings.max_onehot_levels))
+                columns.append(_fit_categorical(series, plan))
             else:
-                columns.append(_fit_numeric(series, imputation, scaling))
+                columns.append(_fit_numeric(series, plan.imputation, plan.scaling))
         return cls(target=target, task=task, classes=classes, id_columns=list(id_columns), columns=columns)
 
     # ----------------------------------------------------------------- applying
@@ -207,7 +202,8 @@ class Preprocessor:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-def _fit_categorical(series: pl.Series, encoding: str, family: ModelFamily, max_onehot_levels: int) -> ColumnState:
+def _fit_categorical(series: pl.Series, plan: EncodingPlan) -> ColumnState:
+    encoding, max_onehot_levels = plan.encoding, plan.max_onehot_levels
     values = series.cast(pl.String).drop_nulls()
     counts = values.value_counts(sort=True, name="count")
     if encoding == "onehot":
@@ -216,7 +212,7 @@ def _fit_categorical(series: pl.Series, encoding: str, family: ModelFamily, max_
         categories = counts[series.name].to_list()
     else:
         categories = sorted(counts[series.name].to_list())
-        if encoding == "native" and family.name == "hist_gradient_boosting" and len(categories) > _HGB_MAX_CATEGORIES:
+        if encoding == "native" and plan.max_native_levels is not None and len(categories) > plan.max_native_levels:
             encoding = "ordinal"
     return ColumnState(
         name=series.name,

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from mmp.model.trained import TrainedModel
+
 TASKS = ("binary", "multiclass", "regression")
 CURVE_POINTS = 500  # points kept per ROC / precision-recall curve
 SAMPLE_ROWS = 5_000  # rows kept in the regression CSVs and scatter plots
@@ -107,32 +109,14 @@ def _publish(scratch: Path, out_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------- importances
 
 
-def feature_importances(estimator: Any, n_features: int) -> np.ndarray | None:
-    """One importance per model feature, or None when the estimator has none.
-
-    LightGBM (its sklearn estimator, or mmp's loaded booster wrapper): total gain, normalised to sum
-    to 1 so it reads like the others. Trees of scikit-learn and XGBoost: ``feature_importances_``.
-    Linear models: absolute coefficients (on mmp's scaled inputs), averaged over classes.
-    """
-    values: np.ndarray | None = None
-    boosters = (getattr(estimator, "booster_", None), getattr(estimator, "booster", None))
-    booster = next((b for b in boosters if callable(getattr(b, "feature_importance", None))), None)
-    if booster is not None:
-        values = np.asarray(booster.feature_importance(importance_type="gain"), dtype=float)
-        total = values.sum()
-        if total > 0:
-            values = values / total
-    elif (raw := getattr(estimator, "feature_importances_", None)) is not None:
-        values = np.asarray(raw, dtype=float)
-    elif (coef := getattr(estimator, "coef_", None)) is not None:
-        values = np.abs(np.asarray(coef, dtype=float))
-        if values.ndim == 2:
-            values = values.mean(axis=0)
+def feature_importances(model: TrainedModel, n_features: int) -> np.ndarray | None:
+    """One importance per model feature, as the model's library defines it (its adapter), or None."""
+    values = model.importances()
     if values is None:
         return None
-    values = values.ravel()
+    values = np.asarray(values, dtype=float).ravel()
     if values.size != n_features:
-        raise ValueError(f"{type(estimator).__name__} gives {values.size} importances for {n_features} features")
+        raise ValueError(f"{model.class_name} gives {values.size} importances for {n_features} features")
     return values
 
 

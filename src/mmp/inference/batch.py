@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from mmp import data as data_lib
@@ -85,15 +84,14 @@ def predict_chunk(predictor: Predictor, chunk: pl.DataFrame, schema: pl.Schema) 
     if chunk.height == 0:
         return pl.DataFrame(schema=schema)
     columns = [chunk[name] for name in schema.names() if name in predictor.preprocessor.id_columns]
-    if predictor.task == "regression":
-        columns.append(pl.Series(PREDICTION_COLUMN, predictor.predict(chunk), dtype=pl.Float64))
+    prediction = predictor.predict_frame(chunk)
+    if prediction.is_regression:
+        columns.append(pl.Series(PREDICTION_COLUMN, prediction.labels, dtype=pl.Float64))
         return pl.DataFrame(columns)
-    proba = predictor.predict_proba(chunk)
-    # The label is the most probable class, as in Predictor.predict; one model call gives both.
-    labels = np.asarray(predictor.classes, dtype=object)[proba.argmax(axis=1)]
-    columns.append(pl.Series(PREDICTION_COLUMN, labels, dtype=pl.String))
+    columns.append(pl.Series(PREDICTION_COLUMN, prediction.labels, dtype=pl.String))
     columns += [
-        pl.Series(f"{PROBA_PREFIX}{label}", proba[:, i], dtype=pl.Float64) for i, label in enumerate(predictor.classes)
+        pl.Series(f"{PROBA_PREFIX}{label}", prediction.output[:, i], dtype=pl.Float64)
+        for i, label in enumerate(prediction.classes)
     ]
     return pl.DataFrame(columns)
 

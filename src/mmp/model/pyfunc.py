@@ -1,7 +1,9 @@
 """The MLflow pyfunc flavour of an mmp model: raw input rows in, predictions out.
 
-Classifiers return the user's class labels; pass ``params={"predict_method": "predict_proba"}``
-for a frame of class probabilities (one column per class).
+Classifiers return the user's class labels; pass ``params={"predict_method": "predict_proba"}`` for a
+frame of class probabilities (one column per class). The model is logged from code
+(:mod:`mmp.model.pyfunc_code`) with the ``mmp`` package as its code path, so that it loads where mmp is
+not installed, from the model's own ``requirements.txt``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from mmp.model.predictor import Predictor
+from mmp.model.predictor import PREDICT_METHODS, Predictor
 
-PREDICT_METHODS = ("predict", "predict_proba")
+CODE_FILE = Path(__file__).with_name("pyfunc_code.py")  # what MLflow runs to build the model
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/mmp: copied into the model as its code
+# The distributions every mmp model imports to predict; the model's library adds its own (its adapter's).
+RUNTIME_REQUIREMENTS = ("mlflow", "polars", "pyarrow", "pandas", "numpy", "pyyaml")
 
 
 def to_polars(model_input: Any) -> pl.DataFrame:
@@ -24,11 +29,17 @@ def to_polars(model_input: Any) -> pl.DataFrame:
         return model_input
     if isinstance(model_input, pd.DataFrame):
         return pl.from_pandas(model_input)
-    if isinstance(model_input, dict):
-        return pl.DataFrame(model_input)
-    if isinstance(model_input, list):
+    if isinstance(model_input, (dict, list)):
         return pl.DataFrame(model_input)
     raise TypeError(f"mmp models take a DataFrame of raw rows, not {type(model_input).__name__}")
+
+
+def requirements(predictor: Predictor) -> list[str]:
+    """Pinned pip requirements of a logged model: the runtime and the model's library, at the versions here."""
+    from importlib import metadata
+
+    packages = dict.fromkeys([*RUNTIME_REQUIREMENTS, *predictor.model.requirements])
+    return [f"{package}=={metadata.version(package)}" for package in packages]
 
 
 class MmpModel(mlflow.pyfunc.PythonModel):
@@ -39,9 +50,30 @@ class MmpModel(mlflow.pyfunc.PythonModel):
         method = (params or {}).get("predict_method", "predict")
         if method not in PREDICT_METHODS:
             raise ValueError(f"params.predict_method must be one of {', '.join(PREDICT_METHODS)}, got {method!r}")
-        frame = to_polars(model_input)
-        if method == "predict_proba" and self.predictor.task != "regression":
-            proba = self.predictor.predict_proba(frame)
-            return pd.DataFrame(proba, columns=[str(c) for c in self.predictor.classes])
-        predictions = self.predictor.predict(frame)
-        return predictions if self.predictor.task == "regression" else np.asarray(predictions, dtype=str)
+        prediction = self.predictor.predict_frame(to_polars(model_input))
+        if method == "predict_proba" and not prediction.is_regression:
+            return pd.DataFrame(prediction.output, columns=prediction.classes)
+        return prediction.labels if prediction.is_regression else np.asarray(prediction.labels, dtype=str)
+
+
+def log_model(predictor: Predictor, sample: pl.DataFrame, preprocessing_file: Path, model_dir: Path) -> str:
+    """Log the model, self-contained, as an MLflow pyfunc taking raw rows; return its model URI.
+
+    The ``mmp`` package travels with the model as its code path: the model loads, from its own
+    ``requirements.txt``, where mmp is not installed (``mlflow models serve --env-manager virtualenv``).
+    """
+    from mlflow.models import infer_signature
+
+    rows = sample.select(predictor.preprocessor.input_columns).head(5)
+    example = rows.to_pandas()
+    signature = infer_signature(example, np.asarray(predictor.predict(rows)), params={"predict_method": "predict"})
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(CODE_FILE),
+        artifacts={"preprocessing": str(preprocessing_file), "model": str(model_dir)},
+        code_paths=[str(PACKAGE_DIR)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=requirements(predictor),
+    )
+    return info.model_uri

@@ -15,10 +15,7 @@ from mmp.config import Config
 from mmp.data.preprocessing import Preprocessor
 from mmp.errors import DataError
 from mmp.files import read_json, safe_name, staged_dir, write_json_atomic
-from mmp.model.registry import (
-    TrainedModel,
-    display_name,
-)
+from mmp.model.trained import MODEL_INFO_FILE, TrainedModel
 from mmp.pipeline import RECORDER_MODULE
 from mmp.pipeline.common import StageResult, load_prepared
 
@@ -43,7 +40,6 @@ _PROGRESS_ROWS = 20_000
 def run_explain(config: Config, context: tracking.RunContext | None = None) -> StageResult:
     """SHAP values for a seeded sample of the test split, logged into the train run they explain."""
     from mmp.explanation.shap import explain, explainer_name
-    from mmp.model.registry import MODEL_INFO_FILE
 
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     recorder = tracking.start_recorder(config, "explain", context, RECORDER_MODULE)
@@ -60,7 +56,7 @@ def run_explain(config: Config, context: tracking.RunContext | None = None) -> S
     x = preprocessor.transform(sample)
     tags = {
         f"{tracking.TAG_PREFIX}task": model.task,
-        f"{tracking.TAG_PREFIX}model_class": display_name(model.class_path),
+        f"{tracking.TAG_PREFIX}model_class": model.class_name,
         f"{tracking.TAG_PREFIX}train_run_id": train_run_id,
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
         f"{tracking.TAG_PREFIX}explainer": explainer,

@@ -13,10 +13,7 @@ from mmp.config import Config, dump_yaml
 from mmp.data.preprocessing import Preprocessor
 from mmp.files import read_json, staged_dir, write_json_atomic
 from mmp.model.predictor import PREPROCESSING_FILE
-from mmp.model.registry import (
-    check_model_name,
-    class_path,
-)
+from mmp.model.registry import check_model_name, encoding_plan, resolve_params
 from mmp.pipeline import RECORDER_MODULE
 from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult
 
@@ -25,7 +22,7 @@ log = logging.getLogger(__name__)
 def run_prepare(config: Config, context: tracking.RunContext | None = None) -> StageResult:
     """Load, validate and split the data; fit preprocessing on the train split."""
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
-    family = check_model_name(config.recipe.model.name)
+    spec = check_model_name(config.recipe.model.name)
     data_cfg = config.data
     data_path = config.resolve(data_cfg.path)
     recorder = tracking.start_recorder(config, "prepare", context, RECORDER_MODULE)
@@ -33,7 +30,7 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
         preload.start(preload.MLFLOW)  # while Polars reads
     frame = data_lib.load(data_cfg, data_path)
     cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
-    class_path(family, cleaned.task)  # the model must be able to do this task
+    resolve_params(spec, cleaned.task, config.recipe.model.params, config.seed)  # the model can do this task
     parts = data_lib.split(cleaned.frame, data_cfg.target, cleaned.task, config.split, config.seed)
     features = data_lib.feature_columns(cleaned.frame, data_cfg)
     preprocessor = Preprocessor.fit(
@@ -44,8 +41,7 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
         id_columns=data_cfg.id_columns,
         features=features,
         categorical_columns=data_cfg.categorical_columns,
-        family=family,
-        settings=config.recipe.preprocessing,
+        plan=encoding_plan(spec, config.recipe.preprocessing),
     )
     digest = data_lib.file_digest(data_path)
     rows = {name: part.height for name, part in parts.items()}

@@ -18,30 +18,17 @@ from mmp.errors import ConfigError
 from mmp.evaluation.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
 from mmp.files import read_json, staged_dir, write_json_atomic
 from mmp.model.predictor import PREPROCESSING_FILE, Predictor
-from mmp.model.registry import (
-    FitResult,
-    TrainedModel,
-    build_and_fit,
-    check_model_name,
-    class_path,
-    display_name,
-    resolve_params,
-)
+from mmp.model.registry import check_model_name, class_name, resolve_params
+from mmp.model.spec import FitData, FitResult
+from mmp.model.trained import TrainedModel, fit
 from mmp.pipeline import RECORDER_MODULE
 from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult, load_prepared
 
 log = logging.getLogger(__name__)
 
-def model_output(predictor: Predictor, x: np.ndarray) -> np.ndarray:
-    """Class probabilities (classification) or predicted values (regression) for encoded rows."""
-    if predictor.task == "regression":
-        return predictor.model.predict_value(x)
-    return predictor.model.predict_proba(x)
-
-
 
 def evaluate(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
-    """The task's metrics from true labels and :func:`model_output`."""
+    """The task's metrics from true labels and a :class:`Prediction`'s output (probabilities or values)."""
     return regression_metrics(y, output) if task == "regression" else classification_metrics(y, output)
 
 
@@ -56,7 +43,7 @@ def run_train(
     ``on_iteration(step, valid_loss)`` is called after each boosting round (search pruning).
     """
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
-    family = check_model_name(config.recipe.model.name)
+    spec = check_model_name(config.recipe.model.name)
     recorder = tracking.start_recorder(config, "train", context, RECORDER_MODULE)
     manifest, preprocessor, splits = load_prepared(config)
     task = manifest["task"]
@@ -64,13 +51,12 @@ def run_train(
         raise ConfigError(
             f"recipe.task is {config.recipe.task} but the prepared data is {task}; re-run prepare (dvc repro)"
         )
-    params = resolve_params(family, task, config.recipe.model.params, config.seed)
-    model_class = display_name(class_path(family, task))
+    params = resolve_params(spec, task, config.recipe.model.params, config.seed)
     x = {name: preprocessor.transform(frame) for name, frame in splits.items()}
     y = {name: preprocessor.encode_target(frame[preprocessor.target]) for name, frame in splits.items()}
     tags = {
         f"{tracking.TAG_PREFIX}task": task,
-        f"{tracking.TAG_PREFIX}model_class": model_class,
+        f"{tracking.TAG_PREFIX}model_class": class_name(spec, task),
         f"{tracking.TAG_PREFIX}prepare_run_id": manifest.get("prepare_run_id", ""),
     }
     with tracking.stage_run(config, "train", tags=tags, context=context, lazy=True, recorder=recorder) as run:
@@ -81,23 +67,20 @@ def run_train(
         else:
             preload.start(preload.CHARTS)
         started = time.perf_counter()
-        fit = build_and_fit(
-            family,
-            task,
-            params,
+        data = FitData(
             x["train"],
             y["train"],
             x["valid"],
             y["valid"],
             preprocessor.categorical_indices,
-            config.recipe.model.early_stopping_rounds if family.early_stopping else None,
-            on_iteration,
+            config.recipe.model.early_stopping_rounds,
         )
+        result = fit(spec, task, params, data, on_iteration)
         fit_seconds = time.perf_counter() - started
         means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
-        model = TrainedModel(family, task, fit.estimator, preprocessor.classes or [], means)
+        model = TrainedModel(spec, task, result.estimator, preprocessor.classes or [], means)
         predictor = Predictor(preprocessor, model)
-        outputs = {name: model_output(predictor, x[name]) for name in data_lib.SPLITS}
+        outputs = {name: predictor.predict_encoded(x[name]).output for name in data_lib.SPLITS}
         by_split = {name: evaluate(task, y[name], outputs[name]) for name in data_lib.SPLITS}
         model_dir = config.resolve(config.paths.model_dir)
         with staged_dir(model_dir) as scratch:
@@ -107,20 +90,20 @@ def run_train(
         plots_dir = config.resolve(config.paths.plots_dir)
         extras = {
             "fit_seconds": fit_seconds,
-            "best_iteration": fit.best_iteration,
-            "history": {split: [float(v) for v in values] for split, values in fit.history.items()},
+            "best_iteration": result.best_iteration,
+            "history": {split: [float(v) for v in values] for split, values in result.history.items()},
             tracking.LATE_ARTIFACTS: {"plots": config.paths.plots_dir},
         }
 
         def draw_charts() -> None:  # while a recorder process logs the model
-            _write_evaluation_plots(plots_dir, predictor, y["test"], outputs["test"], fit)
+            _write_evaluation_plots(plots_dir, predictor, y["test"], outputs["test"], result)
 
         written = [model_dir, metrics_file, plots_dir]
         tracking.mirror(config, "train", run, _mirror_train, extras, written, meanwhile=draw_charts)
     primary = primary_metric(task, config.recipe.metrics.primary)
     log.info(
         "train: %s test %s=%.4f (run %s)",
-        model_class,
+        model.class_name,
         primary,
         by_split["test"].get(primary, float("nan")),
         run.info.run_id,
@@ -135,7 +118,7 @@ def _write_evaluation_plots(
     from mmp.evaluation.plots import feature_importances, fold_importances, write_evaluation_plots
 
     pre, model = predictor.preprocessor, predictor.model
-    raw = feature_importances(model.estimator, len(pre.feature_names))
+    raw = feature_importances(model, len(pre.feature_names))
     names, importances = fold_importances(raw, pre.feature_groups) if raw is not None else (pre.input_columns, None)
     classification = predictor.task != "regression"
     write_evaluation_plots(
@@ -179,7 +162,9 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     if prepare_run := manifest.get("prepare_run_id"):
         link = f"#/experiments/{run.info.experiment_id}/runs/{prepare_run}"
         mlflow.set_tag("mlflow.note.content", f"Trained on data prepared by run [{prepare_run}]({link}).")
-    log_pyfunc_model(predictor, test_frame, prepared / PREPROCESSING_FILE, model_dir)
+    from mmp.model.pyfunc import log_model
+
+    log_model(predictor, test_frame, prepared / PREPROCESSING_FILE, model_dir)
 
 
 
@@ -198,35 +183,3 @@ def _log_curve(name: str, values: list[float]) -> None:
     metrics = [Metric(name, float(v), timestamp, step) for step, v in enumerate(values)]
     for start in range(0, len(metrics), 1000):  # the tracking API takes at most 1000 per batch
         client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
-
-
-
-def log_pyfunc_model(predictor: Predictor, sample: pl.DataFrame, preprocessing_file: Path, model_dir: Path) -> str:
-    """Log the model as an MLflow pyfunc taking raw rows; return its model URI."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from mmp import mlflow_model
-
-    rows = sample.select(predictor.preprocessor.input_columns).head(5)
-    output = predictor.predict(rows)
-    example = rows.to_pandas()
-    signature = infer_signature(example, np.asarray(output), params={"predict_method": "predict"})
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(mlflow_model.__file__).with_name("mlflow_model_code.py")),
-        artifacts={"preprocessing": str(preprocessing_file), "model": str(model_dir)},
-        signature=signature,
-        input_example=example,
-        pip_requirements=_pip_requirements(predictor),
-    )
-    return info.model_uri
-
-
-
-def _pip_requirements(predictor: Predictor) -> list[str]:
-    from importlib import metadata
-
-    packages = ["mlflow", "polars", "pyarrow", "pandas", "numpy", "scikit-learn", "skops"]
-    packages += {"xgboost": ["xgboost"], "lightgbm": ["lightgbm"]}.get(predictor.model.family.name, [])
-    return [f"{p}=={metadata.version(p)}" for p in packages]

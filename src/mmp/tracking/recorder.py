@@ -385,16 +385,16 @@ def _warm_up_train(config: Config) -> None:
     stalled the first stage's mirror until the other fit ended (4.8-5.6 s); at nice +10, 1.2-2.8 s.
     """
     from mmp import preload
-    from mmp.model.registry import check_model_name
+    from mmp.model.registry import adapter_for, check_model_name
 
     with contextlib.suppress(OSError, AttributeError):
         thread = threading.get_native_id()
         niceness = min(19, os.getpriority(os.PRIO_PROCESS, thread) + WARM_UP_NICENESS)
         os.setpriority(os.PRIO_PROCESS, thread, niceness)
-    family = check_model_name(config.recipe.model.name)
-    libraries = {path.split(":")[0] for path in (family.classifier, family.regressor) if path}
+    spec = check_model_name(config.recipe.model.name)
+    libraries = adapter_for(spec).modules(spec)
     try:
-        for module in ("mlflow.pyfunc", "mlflow.models.signature", "mmp.model.predictor", *libraries):
+        for module in ("mlflow.pyfunc", "mlflow.models.signature", "mmp.model.pyfunc", *libraries):
             importlib.import_module(module)
         preload.mlflow_requirements_map()
     except Exception:  # the mirror meets it again, and reports it

@@ -14,11 +14,10 @@ import numpy as np
 import polars as pl
 
 from mmp.data.preprocessing import ColumnState
-from mmp.model.predictor import Predictor
+from mmp.model.predictor import PREDICT_METHODS, Predictor
 
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 FRAME_MIN_ROWS = 1_000  # dataframe_split bodies this large are checked and encoded column-wise
-PREDICT_METHODS = ("predict", "predict_proba")
 
 
 class RequestError(Exception):
@@ -214,26 +213,12 @@ def predict_mlflow_matrix(predictor: Predictor, x: np.ndarray, params: dict[str,
     method = params.get("predict_method", "predict")
     if method not in PREDICT_METHODS:
         raise RequestError(f"params.predict_method must be one of {', '.join(PREDICT_METHODS)}, got {method!r}")
-    if predictor.task == "regression":
-        return {"predictions": predictor.model.predict_value(x).tolist()}
-    proba = predictor.model.predict_proba(x)
-    classes = [str(c) for c in predictor.classes]
-    if method == "predict_proba":
-        return {"predictions": [dict(zip(classes, map(float, p), strict=True)) for p in proba]}
-    return {"predictions": [classes[i] for i in proba.argmax(axis=1)]}
+    return {"predictions": predictor.predict_encoded(x).values(method)}
 
 
 def predict_records(predictor: Predictor, rows: list[Row]) -> list[dict[str, Any]]:
     """``/predict``: a prediction per row, with labelled class probabilities for classifiers."""
-    x = predictor.preprocessor.encode_rows(rows)
-    if predictor.task == "regression":
-        return [{"prediction": float(v)} for v in predictor.model.predict_value(x)]
-    proba = predictor.model.predict_proba(x)
-    classes = [str(c) for c in predictor.classes]
-    return [
-        {"prediction": classes[int(p.argmax())], "probabilities": dict(zip(classes, map(float, p), strict=True))}
-        for p in proba
-    ]
+    return predictor.predict_rows(rows).records()
 
 
 def explain_records(predictor: Predictor, rows: list[Row], top_k: int, background: np.ndarray | None) -> dict[str, Any]:
@@ -241,12 +226,12 @@ def explain_records(predictor: Predictor, rows: list[Row], top_k: int, backgroun
 
     Multiclass rows are explained for their predicted class.
     """
-    from mmp.explanation.shap import explain
+    from mmp.explanation import shap
 
     pre, model = predictor.preprocessor, predictor.model
     x = pre.encode_rows(rows)
-    explanation = explain(model, x, pre.feature_groups, background=background)
-    predictions = predict_records(predictor, rows)
+    explanation = shap.explain(model, x, pre.feature_groups, background=background)
+    predictions = predictor.predict_encoded(x).records()
     classes = [str(c) for c in predictor.classes]
     items = []
     for i, prediction in enumerate(predictions):

@@ -1,0 +1,140 @@
+"""LightGBM: native categoricals and missing values, early stopping, exact TreeSHAP through ``pred_contrib``.
+
+A saved model is LightGBM's text file; loaded, it is a booster behind :class:`LoadedBooster`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class, split_bias
+from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
+
+if TYPE_CHECKING:
+    from mmp.model.trained import TrainedModel
+
+
+class LightGBMAdapter(Adapter):
+    key = "lightgbm"
+    requirements = ("lightgbm", "scikit-learn")
+    early_stopping = True
+
+    def known_params(self, spec: ModelSpec, task: str) -> dict[str, Any]:
+        import lightgbm
+
+        params = super().known_params(spec, task)
+        for name, aliases in lightgbm.basic._ConfigAliases._get_all_param_aliases().items():
+            for alias in (name, *aliases):
+                params.setdefault(alias, None)
+        return params
+
+    def add_defaults(self, resolved: dict[str, Any], known: dict[str, Any], seed: int) -> None:
+        super().add_defaults(resolved, known, seed)
+        resolved.setdefault("verbose", -1)
+
+    def fit(
+        self, spec: ModelSpec, task: str, params: dict[str, Any], data: FitData, on_iteration: OnIteration | None
+    ) -> FitResult:
+        import lightgbm
+
+        history: dict[str, Any] = {}
+        callbacks = [lightgbm.record_evaluation(history)]
+        if data.early_stopping_rounds:
+            callbacks.append(lightgbm.early_stopping(data.early_stopping_rounds, verbose=False))
+        if on_iteration:
+            callbacks.append(_reporter(on_iteration))
+        # LightGBM keeps the train set's score as it goes: no sample needed for the train curve.
+        fit_kwargs: dict[str, Any] = {
+            "eval_X": (data.x_train, data.x_valid),
+            "eval_y": (data.y_train, data.y_valid),
+            "eval_names": ["train", "valid"],
+            "callbacks": callbacks,
+        }
+        if data.categorical_indices:
+            fit_kwargs["categorical_feature"] = data.categorical_indices
+        estimator = load_class(class_path(spec, task))(**params)
+        try:
+            estimator.fit(data.x_train, data.y_train, **fit_kwargs)
+        except (ValueError, TypeError) as exc:
+            raise (invalid_params(exc) or exc) from None
+        raw = getattr(estimator, "evals_result_", {}) or {}
+        curves = {split: next(iter(scores.values())) for split, scores in raw.items() if scores}
+        return FitResult(estimator, getattr(estimator, "best_iteration_", None) or None, curves)
+
+    def set_threads(self, estimator: Any, threads: int) -> None:
+        if isinstance(estimator, LoadedBooster):
+            estimator.threads = threads
+        else:
+            super().set_threads(estimator, threads)
+
+    def importances(self, estimator: Any) -> np.ndarray | None:
+        """Total gain, normalised to sum to 1 so that it reads like the other libraries' importances."""
+        values = np.asarray(_booster(estimator).feature_importance(importance_type="gain"), dtype=float)
+        total = values.sum()
+        return values / total if total > 0 else values
+
+    def explainer(self, model: TrainedModel) -> str:
+        return "lightgbm.pred_contrib"
+
+    def contributions(
+        self, model: TrainedModel, x: np.ndarray, background: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        contributions = np.asarray(_booster(model.estimator).predict(x, pred_contrib=True))
+        if model.task == "multiclass":
+            contributions = contributions.reshape(len(x), len(model.classes), -1)
+        return split_bias(contributions)
+
+    def raw_output(self, model: TrainedModel, x: np.ndarray) -> np.ndarray:
+        return np.asarray(_booster(model.estimator).predict(x, raw_score=True))
+
+    def save(self, estimator: Any, folder: Path) -> str:
+        _booster(estimator).save_model(folder / "model.txt")
+        return "model.txt"
+
+    def load(self, spec: ModelSpec, task: str, path: Path) -> Any:
+        import lightgbm
+
+        return LoadedBooster(lightgbm.Booster(model_file=str(path)), task)
+
+
+class LoadedBooster:
+    """The predict/predict_proba face of a LightGBM booster loaded from its text file."""
+
+    def __init__(self, booster: Any, task: str) -> None:
+        self.booster = booster
+        self.task = task
+        self.threads = 0  # 0: LightGBM's default
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.booster.predict(x, num_threads=self.threads)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        proba = self.booster.predict(x, num_threads=self.threads)
+        return np.column_stack([1.0 - proba, proba]) if proba.ndim == 1 else proba
+
+
+def _booster(estimator: Any) -> Any:
+    return estimator.booster if isinstance(estimator, LoadedBooster) else estimator.booster_
+
+
+def _reporter(on_iteration: OnIteration) -> Any:
+    def report(env: Any) -> None:
+        for data_name, _metric, value, _higher_better in env.evaluation_result_list:
+            if data_name == "valid":
+                on_iteration(env.iteration, float(value))
+                return
+
+    return report
+
+
+ADAPTER = LightGBMAdapter()
+SPECS = (
+    ModelSpec(
+        "lightgbm", "lightgbm", "lightgbm:LGBMClassifier", "lightgbm:LGBMRegressor", "native",
+        handles_missing=True,
+        native_categoricals=True,
+    ),
+)

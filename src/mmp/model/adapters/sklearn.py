@@ -1,0 +1,154 @@
+"""scikit-learn: forests, histogram gradient boosting, linear and nearest-neighbour models.
+
+Exact SHAP: ``shap.TreeExplainer`` for the tree models, ``shap.LinearExplainer`` for the linear ones; nearest
+neighbours have none. Fitted models are saved with skops (no pickles).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmp.errors import ConfigError, ExplainError
+from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class
+from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
+
+if TYPE_CHECKING:
+    from mmp.model.trained import TrainedModel
+
+_TREES = {"random_forest", "extra_trees", "hist_gradient_boosting"}
+_PROBABILITY_TREES = {"random_forest", "extra_trees"}  # explained in probability space, not log-odds
+
+
+class SklearnAdapter(Adapter):
+    key = "sklearn"
+    requirements = ("scikit-learn", "skops")
+    checks_own_params = True
+
+    def validate(self, spec: ModelSpec, task: str, resolved: dict[str, Any]) -> None:
+        from sklearn.utils._param_validation import InvalidParameterError
+
+        try:
+            load_class(class_path(spec, task))(**resolved)._validate_params()
+        except InvalidParameterError as exc:
+            raise ConfigError(f"Invalid hyperparameter in recipe.model.params: {' '.join(str(exc).split())}") from None
+
+    def fit(
+        self, spec: ModelSpec, task: str, params: dict[str, Any], data: FitData, on_iteration: OnIteration | None
+    ) -> FitResult:
+        kwargs = dict(params)
+        if data.categorical_indices:  # histogram gradient boosting's native categories
+            mask = np.zeros(data.x_train.shape[1], dtype=bool)
+            mask[data.categorical_indices] = True
+            kwargs["categorical_features"] = mask
+        estimator = load_class(class_path(spec, task))(**kwargs)
+        try:
+            estimator.fit(data.x_train, data.y_train)
+        except (ValueError, TypeError) as exc:
+            raise (invalid_params(exc) or exc) from None
+        return FitResult(estimator, None, {})
+
+    def explainer(self, model: TrainedModel) -> str:
+        if model.spec.name in _TREES:
+            categorical = getattr(model.estimator, "is_categorical_", None)
+            if categorical is not None and categorical.any():
+                raise ExplainError(
+                    "shap's TreeExplainer cannot explain HistGradientBoosting's native categorical splits exactly; "
+                    "set recipe.preprocessing.categorical_encoding=ordinal"
+                )
+            return "shap.TreeExplainer"
+        if model.spec.linear and hasattr(model.estimator, "coef_"):
+            return "shap.LinearExplainer"
+        return super().explainer(model)
+
+    def output_space(self, model: TrainedModel) -> str:
+        if model.task != "regression" and model.spec.name in _PROBABILITY_TREES:
+            return "probability"
+        return super().output_space(model)
+
+    def contributions(
+        self, model: TrainedModel, x: np.ndarray, background: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        import shap
+
+        if self.explainer(model) == "shap.TreeExplainer":
+            explainer = model.cached("tree", lambda: shap.TreeExplainer(model.estimator))
+            values = np.asarray(explainer.shap_values(x, check_additivity=False))
+        else:
+            if background is None:
+                raise ExplainError("A linear model needs a background sample (the train split) to be explained")
+            explainer = model.cached(
+                "linear",
+                lambda: shap.LinearExplainer(model.estimator, shap.maskers.Independent(background, 1000)),
+            )
+            values = np.asarray(explainer.shap_values(x))
+        base = np.atleast_1d(np.asarray(explainer.expected_value, dtype=float))
+        if values.ndim == 3:  # (rows, features, classes)
+            values = np.moveaxis(values, 2, 1)
+            if model.task == "binary" and values.shape[1] == 2:  # forests explain both classes
+                return values[:, 1, :], base[1]
+            return values, base
+        return values, base[0] if base.size == 1 else base
+
+    def raw_output(self, model: TrainedModel, x: np.ndarray) -> np.ndarray:
+        estimator = model.estimator
+        if model.task == "regression":
+            return np.asarray(estimator.predict(x))
+        if self.output_space(model) == "probability":
+            proba = np.asarray(estimator.predict_proba(x))
+            return proba[:, 1] if model.task == "binary" else proba
+        return np.asarray(estimator.decision_function(x))
+
+
+
+ADAPTER = SklearnAdapter()
+_LINEAR = {"encoding": "onehot", "handles_missing": False, "linear": True}
+SPECS = (
+    ModelSpec(
+        "random_forest",
+        "sklearn",
+        "sklearn.ensemble:RandomForestClassifier",
+        "sklearn.ensemble:RandomForestRegressor",
+        "ordinal",
+        handles_missing=False,
+    ),
+    ModelSpec(
+        "extra_trees",
+        "sklearn",
+        "sklearn.ensemble:ExtraTreesClassifier",
+        "sklearn.ensemble:ExtraTreesRegressor",
+        "ordinal",
+        handles_missing=False,
+    ),
+    ModelSpec(
+        "hist_gradient_boosting",
+        "sklearn",
+        "sklearn.ensemble:HistGradientBoostingClassifier",
+        "sklearn.ensemble:HistGradientBoostingRegressor",
+        "ordinal",  # not native by default: exact TreeSHAP cannot follow its categorical splits
+        handles_missing=True,
+        native_categoricals=True,
+        max_native_levels=250,  # native categories must fit its 255 bins
+    ),
+    ModelSpec(
+        "linear",
+        "sklearn",
+        "sklearn.linear_model:LogisticRegression",
+        "sklearn.linear_model:Ridge",
+        **_LINEAR,
+        classifier_only=("C", "penalty", "l1_ratio", "class_weight", "multi_class"),
+        regressor_only=("alpha",),
+    ),
+    ModelSpec("logistic_regression", "sklearn", "sklearn.linear_model:LogisticRegression", None, **_LINEAR),
+    ModelSpec("ridge", "sklearn", None, "sklearn.linear_model:Ridge", **_LINEAR),
+    ModelSpec("linear_regression", "sklearn", None, "sklearn.linear_model:LinearRegression", **_LINEAR),
+    # Distance-based: wants one-hot, scaled inputs like a linear model. No exact SHAP explainer.
+    ModelSpec(
+        "k_neighbors",
+        "sklearn",
+        "sklearn.neighbors:KNeighborsClassifier",
+        "sklearn.neighbors:KNeighborsRegressor",
+        **_LINEAR,
+    ),
+)
