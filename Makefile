@@ -14,7 +14,7 @@ help:
 	@echo "make demo      create .venv, install mmp, run the pipeline on the bundled titanic data"
 	@echo "make test      install and run the whole test suite (slow tests included)"
 	@echo "make test-fast the quick unit tests only"
-	@echo "make lint      ruff check + format check"
+	@echo "make lint      ruff check + format check + import layers (import-linter)"
 	@echo "make params    recompose params.yaml from conf/"
 	@echo "make bench     run the benchmarks in bench/"
 
@@ -73,11 +73,12 @@ test: install browser compose-cli
 	$(BIN)/python -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -ra -m "not slow"
+	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src stages tests bench
 	$(BIN)/ruff format --check src stages tests bench
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format src stages tests bench

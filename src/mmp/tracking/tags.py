@@ -17,7 +17,6 @@ from mmp.redaction import redact
 TAG_PREFIX = "mmp."
 
 
-
 KEY_PACKAGES = (
     "mlflow",
     "dvc",
@@ -26,15 +25,14 @@ KEY_PACKAGES = (
     "scikit-learn",
     "xgboost",
     "lightgbm",
+    "catboost",
     "shap",
     "numpy",
     "pandas",
 )
 
 
-
 _MAX_PARAM_LENGTH = 6000
-
 
 
 def git_tags(root: Path) -> dict[str, str]:
@@ -60,7 +58,6 @@ def git_tags(root: Path) -> dict[str, str]:
     return tags
 
 
-
 def environment_tags() -> dict[str, str]:
     tags = {f"{TAG_PREFIX}python": platform.python_version()}
     for package in KEY_PACKAGES:
@@ -71,7 +68,6 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-
 def dvc_tags() -> dict[str, str]:
     names = {
         "DVC_EXP_NAME": "dvc.exp_name",
@@ -79,7 +75,6 @@ def dvc_tags() -> dict[str, str]:
         "DVC_STAGE": "dvc.stage",
     }
     return {f"{TAG_PREFIX}{tag}": os.environ[var] for var, tag in names.items() if os.environ.get(var)}
-
 
 
 def effective_overrides(config: Config) -> list[str]:
@@ -111,7 +106,6 @@ def effective_overrides(config: Config) -> list[str]:
     return choices + changed
 
 
-
 def _default_choices(root: Path) -> dict[str, str]:
     """The group choices of conf/config.yaml's defaults list ({"recipe": "xgb-baseline", ...})."""
     import yaml
@@ -120,12 +114,10 @@ def _default_choices(root: Path) -> dict[str, str]:
     return {key: str(value) for entry in defaults if isinstance(entry, dict) for key, value in entry.items()}
 
 
-
 def params_of(config: Config) -> dict[str, str]:
     """The flattened composed config, as MLflow params (paths and tracking settings left out)."""
     flat = flatten({k: v for k, v in config.as_dict().items() if k not in ("mlflow", "paths")})
     return {key: str(value)[:_MAX_PARAM_LENGTH] for key, value in flat.items()}
-
 
 
 def common_tags(config: Config, stage: str) -> dict[str, str]:
@@ -143,7 +135,6 @@ def common_tags(config: Config, stage: str) -> dict[str, str]:
     }
 
 
-
 def _run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
     run_name = f"{stage}-{config.recipe.name}"
     if job := run_tags.get(f"{TAG_PREFIX}sweep_job"):
@@ -153,13 +144,11 @@ def _run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
     return run_name
 
 
-
 def loggable_config(config: Config) -> dict[str, Any]:
     """The composed config as logged to MLflow (``config.yaml``): credentials in a URI masked."""
     raw = config.as_dict()
     raw["mlflow"] = {**raw["mlflow"], "tracking_uri": redact(raw["mlflow"]["tracking_uri"])}
     return raw
-
 
 
 def current_command() -> str:

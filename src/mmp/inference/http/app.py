@@ -138,7 +138,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     def version() -> Response:
         from importlib import metadata
 
-        packages = ("mmp", "mlflow", "xgboost", "lightgbm", "scikit-learn", "polars")
+        packages = ("mmp", "mlflow", "polars", *model.predictor.model.requirements)
         versions = {}
         for package in packages:
             try:
