@@ -320,9 +320,16 @@ def test_tree_importances() -> None:
 
     x, y = fit_data("binary")
     assert_first_feature_leads(
-        feature_importances(trained("random_forest", "binary", RandomForestClassifier(n_estimators=10, random_state=0).fit(x, y)), 4)
+        feature_importances(
+            trained("random_forest", "binary", RandomForestClassifier(n_estimators=10, random_state=0).fit(x, y)), 4
+        )
     )
-    assert feature_importances(trained("hist_gradient_boosting", "binary", HistGradientBoostingClassifier(max_iter=5).fit(x, y)), 4) is None
+    assert (
+        feature_importances(
+            trained("hist_gradient_boosting", "binary", HistGradientBoostingClassifier(max_iter=5).fit(x, y)), 4
+        )
+        is None
+    )
     with pytest.raises(ValueError, match="3 features"):
         feature_importances(trained("random_forest", "binary", RandomForestClassifier(n_estimators=2).fit(x, y)), 3)
 
@@ -336,7 +343,9 @@ def test_linear_importances_are_absolute_coefficients() -> None:
     assert_first_feature_leads(values)
     np.testing.assert_allclose(values, np.abs(model.coef_).mean(axis=0))
     x, y = fit_data("regression")
-    np.testing.assert_allclose(feature_importances(trained("linear", "regression", Ridge().fit(-x, y)), 4), [3, 1, 0, 0], atol=0.05)
+    np.testing.assert_allclose(
+        feature_importances(trained("linear", "regression", Ridge().fit(-x, y)), 4), [3, 1, 0, 0], atol=0.05
+    )
 
 
 def test_xgboost_importances_from_estimator_or_loaded_model(tmp_path: Path) -> None:

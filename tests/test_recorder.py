@@ -157,7 +157,8 @@ def test_a_stage_with_a_bad_config_leaves_no_recorder_behind(project: Project, t
     left = [
         process.pid
         for process in psutil.process_iter(["cmdline", "cwd"])
-        if "mmp.pipeline.recorder_process" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root)
+        if "mmp.pipeline.recorder_process" in (process.info["cmdline"] or [])
+        and process.info["cwd"] == str(project.root)
     ]
     assert code == 2
     assert "no-such-recipe" in log.read_text()

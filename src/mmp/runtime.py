@@ -12,12 +12,10 @@ import sys
 _QUIET_LOGGERS = ("alembic", "mlflow", "urllib3", "git", "numexpr", "matplotlib", "shap")
 
 
-
 def quiet_openmp() -> None:
     """Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine, spinning threads made
     XGBoost fits 3-13x slower whenever another process was busy, and were no faster when it was idle."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 
 def exit_now(code: int) -> None:
@@ -33,7 +31,6 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -42,7 +39,6 @@ def setup_logging(verbose: bool) -> None:
     )
     if not verbose:
         quiet_warnings()
-
 
 
 def quiet_warnings() -> None:

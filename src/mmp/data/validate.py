@@ -21,14 +21,12 @@ def feature_columns(frame: pl.DataFrame, data: DataConfig) -> list[str]:
     return [c for c in frame.columns if c not in excluded]
 
 
-
 @dataclass(frozen=True)
 class Cleaned:
     frame: pl.DataFrame
     task: str
     classes: list[str] | None
     dropped_null_target: int
-
 
 
 def clean_and_check(frame: pl.DataFrame, data: DataConfig, requested_task: str) -> Cleaned:
@@ -64,7 +62,6 @@ def clean_and_check(frame: pl.DataFrame, data: DataConfig, requested_task: str) 
                 )
             classes = [c for c in classes if c != data.positive_class] + [data.positive_class]
     return Cleaned(frame, task, classes, n_null)
-
 
 
 def infer_task(target: pl.Series, requested: str, name: str) -> str:

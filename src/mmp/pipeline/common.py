@@ -21,9 +21,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 
 
-
 CONFIG_ARTIFACT = "config.yaml"
-
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,6 @@ class StageResult:
     run_id: str
     outputs: list[Path]
     metrics: dict[str, Any]
-
 
 
 def load_prepared(config: Config) -> tuple[dict[str, Any], Preprocessor, dict[str, pl.DataFrame]]:

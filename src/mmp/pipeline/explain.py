@@ -24,17 +24,13 @@ log = logging.getLogger(__name__)
 SHAP_IMPORTANCE_FILE = "shap_importance.json"
 
 
-
 SHAP_VALUES_FILE = "shap_values.parquet"
-
 
 
 _BACKGROUND_ROWS = 1000
 
 
-
 _PROGRESS_ROWS = 20_000
-
 
 
 def run_explain(config: Config, context: tracking.RunContext | None = None) -> StageResult:
@@ -86,7 +82,6 @@ def run_explain(config: Config, context: tracking.RunContext | None = None) -> S
     return StageResult(run.info.run_id, [out_dir], {"mean_abs_shap": importance})
 
 
-
 def _importance_document(explanation: Any, importance: dict[str, float]) -> dict[str, Any]:
     """Mean |SHAP| per feature: a DVC metric (by name) and a DVC plot (the ranked list)."""
     return {
@@ -95,7 +90,6 @@ def _importance_document(explanation: Any, importance: dict[str, float]) -> dict
         "mean_abs_shap": importance,
         "ranking": [{"feature": name, "mean_abs_shap": value} for name, value in importance.items()],
     }
-
 
 
 def _shap_frame(explanation: Any, sample: pl.DataFrame, id_columns: list[str]) -> pl.DataFrame:
@@ -114,7 +108,6 @@ def _shap_frame(explanation: Any, sample: pl.DataFrame, id_columns: list[str]) -
     return pl.concat(frames)
 
 
-
 def _write_shap_charts(
     folder: Path, explanation: Any, x: np.ndarray, preprocessor: Preprocessor, config: Config
 ) -> None:
@@ -130,7 +123,6 @@ def _write_shap_charts(
     write_shap_plots(
         folder, explanation, data, top_k=config.explain.dependence_top_k, max_display=config.explain.max_display
     )
-
 
 
 def _mirror_explain(config: Config, run: Any, extras: dict[str, Any]) -> None:

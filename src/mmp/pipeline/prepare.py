@@ -19,6 +19,7 @@ from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult
 
 log = logging.getLogger(__name__)
 
+
 def run_prepare(config: Config, context: tracking.RunContext | None = None) -> StageResult:
     """Load, validate and split the data; fit preprocessing on the train split."""
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
@@ -68,7 +69,6 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
         "prepare: %s rows -> train %d / valid %d / test %d (%s)", cleaned.frame.height, *rows.values(), cleaned.task
     )
     return StageResult(run.info.run_id, [out_dir], {f"rows_{k}": v for k, v in rows.items()})
-
 
 
 def _mirror_prepare(config: Config, run: Any, extras: dict[str, Any]) -> None:

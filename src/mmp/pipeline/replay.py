@@ -22,7 +22,6 @@ MIRRORS: dict[str, tracking.MirrorFunction] = {
 }
 
 
-
 def remirror_pending(root: Path) -> list[pending.PendingMirror]:
     """Replay the project's interrupted mirrors, oldest first, each into its own run (``mmp mirror``).
 

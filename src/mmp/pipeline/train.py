@@ -32,7 +32,6 @@ def evaluate(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
     return regression_metrics(y, output) if task == "regression" else classification_metrics(y, output)
 
 
-
 def run_train(
     config: Config,
     context: tracking.RunContext | None = None,
@@ -111,7 +110,6 @@ def run_train(
     return StageResult(run.info.run_id, [model_dir, metrics_file, plots_dir], by_split)
 
 
-
 def _write_evaluation_plots(
     folder: Path, predictor: Predictor, y: np.ndarray, output: np.ndarray, fit: FitResult
 ) -> None:
@@ -133,7 +131,6 @@ def _write_evaluation_plots(
         history=fit.history,
         history_metric=_curve_metric(predictor.task),
     )
-
 
 
 def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
@@ -167,10 +164,8 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     log_model(predictor, test_frame, prepared / PREPROCESSING_FILE, model_dir)
 
 
-
 def _curve_metric(task: str) -> str:
     return {"binary": "logloss", "multiclass": "mlogloss", "regression": "rmse"}[task]
-
 
 
 def _log_curve(name: str, values: list[float]) -> None:

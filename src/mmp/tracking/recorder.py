@@ -213,9 +213,7 @@ class RecordedRun:
             self._info = _run_info(_answer(self._recorder.receive()))
         return self._info
 
-    def mirror(
-        self, extras: dict[str, Any], outputs: list[Path], meanwhile: Callable[[], None] | None
-    ) -> str | None:
+    def mirror(self, extras: dict[str, Any], outputs: list[Path], meanwhile: Callable[[], None] | None) -> str | None:
         """Mirror the finished stage in the recorder, running ``meanwhile`` here as it does; the warning if the
         store deferred the mirror, else None."""
         command = {
@@ -415,5 +413,3 @@ def main(argv: list[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]) -
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-

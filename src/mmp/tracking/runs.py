@@ -295,5 +295,3 @@ def log_dataset(path: Path, digest: str, name: str, context: str, schema_frame: 
 def run_url(run: Any) -> str:
     """The run's address in the UI, for messages ('#/experiments/<id>/runs/<id>')."""
     return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-
-

@@ -29,7 +29,6 @@ def resolve_tracking_uri(uri: str, root: Path) -> str:
     return uri
 
 
-
 def load_dotenv(root: Path) -> None:
     """Load ``.env`` from the project root into the environment (never overriding what is set)."""
     env_file = root / ".env"
@@ -37,7 +36,6 @@ def load_dotenv(root: Path) -> None:
         from dotenv import load_dotenv as _load
 
         _load(env_file, override=False)
-
 
 
 def setup(config: Config) -> str:
@@ -61,7 +59,6 @@ def setup(config: Config) -> str:
     except Exception as exc:  # everything here talks to the store: any failure is the store's
         raise TrackingError(describe_failure(uri, exc, config.mlflow.experiment_name)) from None
     return experiment_id
-
 
 
 def preflight(config: Config) -> None:
@@ -100,7 +97,6 @@ def preflight(config: Config) -> None:
         raise TrackingError(describe_failure(uri, Exception(f"error code {response.status_code}"), name))
 
 
-
 def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
     """The configured experiment's id, created (with mmp's artifact location) on first use."""
     import mlflow
@@ -122,7 +118,6 @@ def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
         return str(experiment.experiment_id)
 
 
-
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Serialise the first use of a SQLite store across processes.
@@ -138,9 +133,7 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-
 _HTTP_STATUS = re.compile(r"error code (\d{3})\b|\b(\d{3}) (?:Client|Server) Error\b|status code (\d{3})\b")
-
 
 
 _UNREACHABLE = (
@@ -155,12 +148,10 @@ _UNREACHABLE = (
 )
 
 
-
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status an MLflow or requests error reports, if any."""
     match = _HTTP_STATUS.search(str(exc))
     return int(next(group for group in match.groups() if group)) if match else None
-
 
 
 def is_store_failure(exc: BaseException) -> bool:
@@ -176,7 +167,6 @@ def is_store_failure(exc: BaseException) -> bool:
     return (status is not None and (status in (401, 403, 429) or status >= 500)) or any(
         pattern in text for pattern, _ in _UNREACHABLE
     )
-
 
 
 def describe_failure(uri: str, exc: BaseException, experiment: str | None = None) -> str:

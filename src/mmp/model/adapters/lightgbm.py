@@ -133,7 +133,11 @@ def _reporter(on_iteration: OnIteration) -> Any:
 ADAPTER = LightGBMAdapter()
 SPECS = (
     ModelSpec(
-        "lightgbm", "lightgbm", "lightgbm:LGBMClassifier", "lightgbm:LGBMRegressor", "native",
+        "lightgbm",
+        "lightgbm",
+        "lightgbm:LGBMClassifier",
+        "lightgbm:LGBMRegressor",
+        "native",
         handles_missing=True,
         native_categoricals=True,
     ),

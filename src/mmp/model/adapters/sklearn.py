@@ -101,7 +101,6 @@ class SklearnAdapter(Adapter):
         return np.asarray(estimator.decision_function(x))
 
 
-
 ADAPTER = SklearnAdapter()
 _LINEAR = {"encoding": "onehot", "handles_missing": False, "linear": True}
 SPECS = (

@@ -127,5 +127,13 @@ def _reporter(on_iteration: OnIteration) -> Any:
 
 ADAPTER = XGBoostAdapter()
 SPECS = (
-    ModelSpec("xgboost", "xgboost", "xgboost:XGBClassifier", "xgboost:XGBRegressor", "native", handles_missing=True, native_categoricals=True),
+    ModelSpec(
+        "xgboost",
+        "xgboost",
+        "xgboost:XGBClassifier",
+        "xgboost:XGBRegressor",
+        "native",
+        handles_missing=True,
+        native_categoricals=True,
+    ),
 )
