@@ -569,9 +569,6 @@ def test_large_split_over_max_rows(make_client: Factory) -> None:
     assert_error(response, 400, "1001 rows in one request; the limit is 1000")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="matrix_from_split calls set() on the column names: a list name in a 1,000-row split is a 500"
-)
 def test_large_split_with_a_list_for_a_column_name(client: FlaskClient) -> None:
     columns = [["pclass"], *list(ROW)[1:]]
     payload = {"dataframe_split": {"columns": columns, "data": [list(ROW.values())] * 1_000}}

@@ -127,6 +127,8 @@ def matrix_from_split(payload: Any, predictor: Predictor, limits: Limits) -> tup
         return None
     if not FRAME_MIN_ROWS <= len(values) <= limits.max_rows:
         return None
+    if not all(type(name) is str for name in names):
+        return None  # the row-wise path names the problem
     width = len(names)
     if len(set(names)) != width or any(type(row) is not list or len(row) != width for row in values):
         return None
