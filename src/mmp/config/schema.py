@@ -197,6 +197,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if hint is str:
         if value is None or isinstance(value, (dict, list)):
             raise ConfigError(f"Config key '{path}' must be a string, got {value!r}")
+        if isinstance(value, bool):  # YAML's own spelling, as a boolean column's values read: "true", not "True"
+            return "true" if value else "false"
         return str(value)
     return value
 
