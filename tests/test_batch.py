@@ -38,7 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         for args in (
             [],
             ["data=diamonds", "-d", "data/diamonds_small.csv"],
-            ["-d", "data/titanic_ids.csv", "data.id_columns=[passenger_id]"],
+            ["-d", "data/titanic_ids.csv", "data.target=survived", "data.id_columns=[passenger_id]"],
         )
     ]
     new = titanic.drop("survived")

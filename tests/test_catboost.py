@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -17,6 +18,15 @@ from conftest import Project, Server, make_project, start_server
 pytestmark = pytest.mark.slow
 
 FLOORS = {"titanic": ("roc_auc", 0.80), "penguins": ("accuracy", 0.95), "diamonds": ("r2", 0.95)}
+
+
+def titanic_run(project: Project) -> Any:
+    """The newest CatBoost train run on titanic (a later experiment may be restored from DVC's run cache)."""
+    return next(
+        run
+        for run in project.runs("train")
+        if run.data.tags["mmp.data"] == "titanic" and run.data.tags["mmp.recipe"] == "catboost-baseline"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +62,7 @@ def test_logged_catboost_model_predicts_raw_rows(catboost_project: Project) -> N
     import mlflow
 
     project = catboost_project
-    project.dvc("exp", "run", "-S", "recipe=catboost-baseline")
-    run = project.runs("train")[0]
+    run = titanic_run(project)
     mlflow.set_tracking_uri(project.tracking_uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     rows = pd.read_csv(project.root / "data" / "titanic.csv").drop(columns=["survived"]).head(20)
@@ -68,8 +77,7 @@ def test_logged_catboost_model_predicts_raw_rows(catboost_project: Project) -> N
 @pytest.fixture(scope="module")
 def catboost_server(catboost_project: Project) -> Iterator[tuple[Server, str]]:
     project = catboost_project
-    project.dvc("exp", "run", "-S", "recipe=catboost-baseline")
-    run_id = project.runs("train")[0].info.run_id
+    run_id = titanic_run(project).info.run_id
     server = start_server(project, ["--run-id", run_id, "--workers", "1"])
     try:
         yield server, run_id

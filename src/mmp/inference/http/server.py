@@ -41,7 +41,8 @@ def serve(
 ) -> None:
     """Download the model, then run gunicorn in the foreground until stopped."""
     from mmp.inference import source as model_source
-    from mmp.tracking import load_dotenv, tracking_root
+    from mmp.config import tracking_root
+    from mmp.tracking import load_dotenv
 
     load_dotenv(tracking_root(config.root))  # MMP_API_TOKEN may live in .env
     cache = Path(tempfile.mkdtemp(prefix="mmp-serve-"))
