@@ -55,7 +55,8 @@ def main() -> None:
     from sklearn.ensemble import RandomForestClassifier
 
     from mmp.explanation.shap import explain
-    from mmp.model.registry import FAMILIES, TrainedModel
+    from mmp.model.registry import MODELS
+    from mmp.model.trained import TrainedModel
 
     x, y = make_data(args.rows, args.features)
     groups = [f"f{i}" for i in range(args.features)]
@@ -63,9 +64,9 @@ def main() -> None:
     lgb = lightgbm.LGBMClassifier(n_estimators=100, num_leaves=31, n_jobs=2, verbose=-1).fit(x, y)
     forest = RandomForestClassifier(n_estimators=100, max_depth=8, n_jobs=2, random_state=0).fit(x, y)
     models = {
-        "xgboost": TrainedModel(FAMILIES["xgboost"], "binary", xgb, ["0", "1"]),
-        "lightgbm": TrainedModel(FAMILIES["lightgbm"], "binary", lgb, ["0", "1"]),
-        "random_forest": TrainedModel(FAMILIES["random_forest"], "binary", forest, ["0", "1"]),
+        "xgboost": TrainedModel(MODELS["xgboost"], "binary", xgb, ["0", "1"]),
+        "lightgbm": TrainedModel(MODELS["lightgbm"], "binary", lgb, ["0", "1"]),
+        "random_forest": TrainedModel(MODELS["random_forest"], "binary", forest, ["0", "1"]),
     }
     baselines: dict[str, tuple[str, Callable[[], object]]] = {
         "xgboost": (
@@ -82,7 +83,7 @@ def main() -> None:
         base_seconds = timed(baseline, repeats)
         # A fresh TrainedModel each call: no explainer cached from an earlier repeat.
         mmp_seconds = timed(
-            lambda m=model: explain(TrainedModel(m.family, m.task, m.estimator, m.classes), x, groups), repeats
+            lambda m=model: explain(TrainedModel(m.spec, m.task, m.estimator, m.classes), x, groups), repeats
         )
         rows.append(
             {

@@ -114,10 +114,10 @@ def table(result: dict[str, Any]) -> list[list[str]]:
         [
             "Tracking overhead per train run",
             f"{per_run['not_training']:.2f} s",
-            f"fit {per_run['fit']:.2f} s",
+            f"fit {per_run['fit']:.2f} s" if "fit" in per_run else "fit not timed (TODO in sweep_overhead.py)",
             "-",
             f"<= {TARGET_OVERHEAD_S} s",
-            "PASS" if per_run["not_training"] <= TARGET_OVERHEAD_S else "FAIL",
+            "n/a" if "fit" not in per_run else "PASS" if per_run["not_training"] <= TARGET_OVERHEAD_S else "FAIL",
         ],
     ]
 

@@ -219,8 +219,9 @@ def git_state() -> dict[str, Any]:
 
     # The tree is edited while benchmarks run: a digest of src/mmp tells which code was measured.
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "mmp").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    package = ROOT / "src" / "mmp"
+    for path in sorted(package.rglob("*.py")):  # every layer package, not only the top-level modules
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
         "dirty": bool(git("status", "--porcelain", "src")),

@@ -38,7 +38,9 @@ IMPORTS = {
         "mmp.cli",
         "mmp.config",
         "hydra",
-        "mmp.pipeline",
+        "mmp.pipeline.prepare",
+        "mmp.pipeline.train",
+        "mmp.pipeline.explain",
         "pandas",
         "pyarrow",
         "mlflow",
@@ -51,7 +53,9 @@ IMPORTS = {
         "mmp.cli",
         "mmp.config",
         "hydra",
-        "mmp.pipeline",
+        "mmp.pipeline.prepare",
+        "mmp.pipeline.train",
+        "mmp.pipeline.explain",
         "pandas",
         "pyarrow",
         "sklearn.metrics",
@@ -63,45 +67,50 @@ IMPORTS = {
 }
 IMPORTS["all"] = IMPORTS["train"]
 
-# (module, attribute path, label). Labels are dotted by where they sit in the run.
+# (module, attribute path, label). Labels are dotted by where they sit in the run. The module is the one
+# whose global the caller looks up: a name imported with `from x import f` is wrapped in the importer.
+# A label may be wrapped in several modules (write_json: both stages); its times add up.
 WRAPPED = (
-    ("mmp.config", "compose", "config.compose_hydra"),
+    ("mmp.config.compose", "compose", "config.compose_hydra"),
     ("mmp.config", "load_config", "config.load"),
     ("mmp.model.registry", "check_params", "check_params"),
-    ("mmp.pipeline", "run_prepare", "prepare"),
+    ("mmp.pipeline.prepare", "run_prepare", "prepare"),
     ("mmp.data", "load", "prepare.read_csv"),
     ("mmp.data", "clean_and_check", "prepare.clean_and_check"),
     ("mmp.data", "split", "prepare.split"),
     ("mmp.data.preprocessing", "Preprocessor.fit", "prepare.fit_preprocessing"),
     ("mmp.data", "file_digest", "prepare.file_digest"),
-    ("mmp.tracking", "setup", "mlflow.setup_store"),
-    ("mmp.tracking", "git_tags", "mlflow.git_tags"),
-    ("mmp.tracking", "environment_tags", "mlflow.environment_tags"),
-    ("mmp.tracking", "effective_overrides", "mlflow.effective_overrides"),
+    ("mmp.tracking.runs", "setup", "mlflow.setup_store"),
+    ("mmp.tracking.tags", "git_tags", "mlflow.git_tags"),
+    ("mmp.tracking.tags", "environment_tags", "mlflow.environment_tags"),
+    ("mmp.tracking.tags", "effective_overrides", "mlflow.effective_overrides"),
     ("mlflow", "start_run", "mlflow.start_run"),
     ("mlflow", "log_params", "mlflow.log_params"),
     ("mlflow", "end_run", "mlflow.end_run"),
     ("polars", "DataFrame.write_parquet", "write_parquet"),
     ("mmp.data.preprocessing", "Preprocessor.save", "prepare.save_preprocessing"),
-    ("mmp.pipeline", "_mirror_prepare", "prepare.mirror_mlflow"),
+    ("mmp.pipeline.prepare", "_mirror_prepare", "prepare.mirror_mlflow"),
     ("mmp.tracking", "log_dataset", "mlflow.log_dataset"),
     ("mlflow", "log_artifact", "mlflow.log_artifact"),
     ("mlflow", "log_artifacts", "mlflow.log_artifacts"),
     ("mlflow", "log_text", "mlflow.log_text"),
-    ("mmp.pipeline", "run_train", "train"),
-    ("mmp.pipeline", "load_prepared", "train.read_parquet"),
-    ("mmp.pipeline", "resolve_params", "train.resolve_params"),
+    ("mmp.pipeline.train", "run_train", "train"),
+    ("mmp.pipeline.train", "load_prepared", "train.read_parquet"),
+    ("mmp.pipeline.train", "resolve_params", "train.resolve_params"),
     ("mmp.data.preprocessing", "Preprocessor.transform", "train.encode_features"),
     ("mmp.data.preprocessing", "Preprocessor.encode_target", "train.encode_target"),
-    ("mmp.pipeline", "build_and_fit", "train.fit"),
-    ("mmp.pipeline", "evaluate", "train.evaluate"),
-    ("mmp.model.registry", "TrainedModel.save", "train.save_model"),
-    ("mmp.pipeline", "write_json_atomic", "write_json"),
-    ("mmp.pipeline", "_write_evaluation_plots", "train.evaluation_plots"),
-    ("mmp.pipeline", "_mirror_train", "train.mirror_mlflow"),
+    # TODO(model layer rewrite): the fit was ("mmp.pipeline", "build_and_fit", "train.fit"); the model
+    # layer's fit is being rewritten. Wrap its new entry point, as mmp.pipeline.train looks it up, once it
+    # settles. Until then "train.fit" is missing from the report (and "not_wrapped" does not list it).
+    ("mmp.pipeline.train", "evaluate", "train.evaluate"),
+    ("mmp.model.trained", "TrainedModel.save", "train.save_model"),
+    ("mmp.pipeline.prepare", "write_json_atomic", "write_json"),
+    ("mmp.pipeline.train", "write_json_atomic", "write_json"),
+    ("mmp.pipeline.train", "_write_evaluation_plots", "train.evaluation_plots"),
+    ("mmp.pipeline.train", "_mirror_train", "train.mirror_mlflow"),
     ("mlflow", "log_metrics", "mlflow.log_metrics"),
-    ("mmp.pipeline", "_log_curve", "train.mirror_mlflow.log_curves"),
-    ("mmp.pipeline", "log_pyfunc_model", "train.mirror_mlflow.log_model"),
+    ("mmp.pipeline.train", "_log_curve", "train.mirror_mlflow.log_curves"),
+    ("mmp.model.pyfunc", "log_model", "train.mirror_mlflow.log_model"),
     ("mlflow.models", "infer_signature", "train.mirror_mlflow.log_model.infer_signature"),
     ("mlflow.pyfunc", "save_model", "train.mirror_mlflow.log_model.save_model"),
     ("mlflow.models.utils", "_validate_serving_input", "train.mirror_mlflow.log_model.validate_serving_input"),
@@ -146,19 +155,19 @@ def install(module_name: str, attribute: str, label: str) -> bool:
 
 def run_pipeline(stage: str, overrides: list[str]) -> int:
     """Run one stage as ``stages/<stage>.py <overrides>`` does, or both as ``mmp train`` does (``all``)."""
-    from mmp import cli, pipeline
     from mmp.config import load_config
     from mmp.model.registry import check_model_name, check_params
+    from mmp.pipeline import prepare, train
+    from mmp.runtime import setup_logging
 
-    if setup_logging := getattr(cli, "_setup_logging", None):  # the CLI's log format and quiet loggers
-        setup_logging(False)
+    setup_logging(False)  # the CLI's log format and quiet loggers
     config = load_config(overrides, from_params=not overrides)
     if stage == "all":
         check_params(check_model_name(config.recipe.model.name), config.recipe.model.params, config.seed)
-        pipeline.run_prepare(config)
-        pipeline.run_train(config)
+        prepare.run_prepare(config)
+        train.run_train(config)
     else:
-        getattr(pipeline, f"run_{stage}")(config)
+        {"prepare": prepare.run_prepare, "train": train.run_train}[stage](config)
     return 0
 
 

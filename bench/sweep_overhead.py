@@ -22,8 +22,12 @@ import mlflow  # noqa: E402  (timed on purpose)
 
 IMPORT_MLFLOW_S = time.perf_counter() - started
 
-from mmp import multirun, pipeline, sweep, tracking  # noqa: E402
-from mmp.model.registry import TrainedModel  # noqa: E402
+from mmp import tracking  # noqa: E402
+from mmp.experiments import multirun, sweep  # noqa: E402
+from mmp.model import pyfunc  # noqa: E402
+from mmp.model.trained import TrainedModel  # noqa: E402
+from mmp.pipeline import explain, prepare, train  # noqa: E402
+from mmp.tracking import runs as tracking_runs  # noqa: E402
 
 in_train = False
 per_run: dict[str, float] = defaultdict(float)
@@ -46,7 +50,7 @@ def timed(owner: Any, attr: str, name: str) -> None:
 
 
 def timed_train() -> None:
-    original = pipeline.run_train
+    original = train.run_train
 
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -58,27 +62,33 @@ def timed_train() -> None:
             per_run["train stage, total"] += time.perf_counter() - began
             in_train, train_runs = False, train_runs + 1
 
-    pipeline.run_train = wrapper
+    train.run_train = wrapper  # sweep.run_job imports it when a job starts: it gets the wrapper
 
 
+# (owner, attribute, name): the owner is the module whose global the caller looks up (a name imported with
+# `from x import f` is wrapped in the importer). A name wrapped in two owners adds up both.
 STEPS = [
-    (pipeline, "load_prepared", "read prepared data"),
-    (pipeline, "build_and_fit", "fit"),
-    (pipeline, "model_output", "predict every split"),
-    (pipeline, "evaluate", "metrics"),
+    (train, "load_prepared", "read prepared data"),
+    # TODO(model layer rewrite): "fit" was (pipeline, "build_and_fit") and "predict every split" was
+    # (pipeline, "model_output"); the model layer's fit and prediction are being rewritten. Wrap their new
+    # entry points, as mmp.pipeline.train looks them up, once they settle. Until then main() reports
+    # "fit" as missing and "not_training" as the whole train stage.
+    (train, "evaluate", "metrics"),
     (TrainedModel, "save", "write model files"),
-    (pipeline, "_write_evaluation_plots", "evaluation plots"),
-    (tracking, "setup", "mlflow: store and experiment"),
+    (train, "_write_evaluation_plots", "evaluation plots"),
+    (tracking_runs, "setup", "mlflow: store and experiment"),  # stage runs
+    (tracking, "setup", "mlflow: store and experiment"),  # the sweep's parent run
+    (tracking_runs, "common_tags", "tags: git, versions, overrides"),
     (tracking, "common_tags", "tags: git, versions, overrides"),
     (mlflow, "start_run", "mlflow: start run"),
     (mlflow, "log_params", "mlflow: params"),
-    (pipeline, "_mirror_train", "mlflow: metrics, curves, dataset, artifacts, model"),
-    (pipeline, "log_pyfunc_model", "mlflow: pyfunc model (part of the line above)"),
+    (train, "_mirror_train", "mlflow: metrics, curves, dataset, artifacts, model"),
+    (pyfunc, "log_model", "mlflow: pyfunc model (part of the line above)"),
     (mlflow, "end_run", "mlflow: end run"),
     (sweep, "start", "sweep: parent run"),
     (sweep, "finish", "sweep: summary, chart, parent metrics"),
-    (pipeline, "run_explain", "explain stage (its own run)"),
-    (pipeline, "run_prepare", "prepare stage (once per sweep)"),
+    (explain, "run_explain", "explain stage (its own run)"),
+    (prepare, "run_prepare", "prepare stage (once per sweep)"),
 ]
 
 
@@ -88,7 +98,7 @@ def main(argv: list[str]) -> None:
     timed_train()
     multirun.run_multirun(argv, command="bench/sweep_overhead.py")
     means = {name: seconds / train_runs for name, seconds in per_run.items()}
-    means["not_training"] = means["train stage, total"] - means["fit"]
+    means["not_training"] = means["train stage, total"] - means.get("fit", 0.0)  # TODO above: no "fit" yet
     per_sweep["import mlflow"] = IMPORT_MLFLOW_S
     Path("sweep_overhead.json").write_text(
         json.dumps({"train_runs": train_runs, "per_run_s": means, "per_sweep_s": dict(per_sweep)}, indent=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmp.runtime import exit_now as exit_now  # re-exported: stages/*.py call it after stage_main
 from mmp.runtime import quiet_openmp, setup_logging
 
 log = logging.getLogger("mmp")
@@ -65,7 +67,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """The predecessor's ``mmp train``: prepare, train and explain in one go."""
+    """The predecessor's ``mmp train``: prepare, train and explain in one go, outside DVC.
+
+    Its outputs go to a folder of its own (``runs/<UTC time>-<recipe>-<data>/``), as a sweep job's do, never
+    to dvc.yaml's outputs: ``mmp train`` leaves ``git status`` and ``dvc status`` as they were.
+    """
     from mmp.explanation.shap import ExplainError
     from mmp.model.registry import check_model_name, check_params
     from mmp.pipeline.explain import run_explain
@@ -74,13 +80,54 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = _config_from(args)
     check_params(check_model_name(config.recipe.model.name), config.recipe.model.params, config.seed)
-    run_prepare(config)
-    result = run_train(config)
+    config, folder = _own_run_folder(config)
     try:
-        run_explain(config)
-    except ExplainError as exc:
-        log.warning("explain skipped: %s", exc)
+        run_prepare(config)
+        result = run_train(config)
+        try:
+            run_explain(config)
+        except ExplainError as exc:
+            log.warning("explain skipped: %s", exc)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if nothing was written: a stage's outputs are whole or absent
+        if folder.is_dir():
+            log.warning("outputs written before the failure are in %s", _shown(folder))
+        raise
+    print(f"Outputs: {_shown(folder)}/ (prepared data, model, metrics.json, plots, explain)")
     _print_next_steps(config, result.run_id)
+
+
+RUNS_DIR = "runs"  # `mmp train`'s run folders, git- and DVC-ignored
+
+
+def _own_run_folder(config: Any) -> tuple[Any, Path]:
+    """A new folder ``runs/<UTC time>-<recipe>-<data>[-n]`` and the config with every output path in it."""
+    import dataclasses
+    import time
+
+    from mmp.errors import MmpError
+    from mmp.experiments.sweep import job_paths
+    from mmp.files import safe_name
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    name = f"{stamp}-{safe_name(config.recipe.name)}-{safe_name(config.data.name)}"
+    for n in range(1000):
+        relative = Path(RUNS_DIR) / (name if n == 0 else f"{name}-{n}")
+        folder = config.resolve(relative)
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        config = job_paths(config, relative)  # models, metrics.json, plots, explain
+        paths = dataclasses.replace(config.paths, prepared_dir=(relative / "prepared").as_posix())
+        return dataclasses.replace(config, paths=paths), folder
+    raise MmpError(f"Cannot create a run folder under {config.resolve(RUNS_DIR)}; clean it up")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def _print_next_steps(config: Any, run_id: str) -> None:
