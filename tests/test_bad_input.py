@@ -53,7 +53,10 @@ CASES = {
     "non-numeric regression target": (["recipe.task=regression"], ["recipe.task is regression", "numeric target"]),
     "empty after filtering": (["data.query='age > 1000'"], ["No rows left after data.query 'age > 1000'"]),
     "empty data file": (["-d", "data/header_only.csv", "data.target=survived"], ["No rows left"]),
-    "all-null column": (["-d", "data/empty_column.csv", "data.target=survived"], ["Column 'cabin' is entirely empty", "data.drop_columns"]),
+    "all-null column": (
+        ["-d", "data/empty_column.csv", "data.target=survived"],
+        ["Column 'cabin' is entirely empty", "data.drop_columns"],
+    ),
     "missing id column": (["data.id_columns=[passenger_id]"], ["data.id_columns names column(s) passenger_id"]),
     "bad split size": (["split.test_size=1.5"], ["split.test_size", "between 0 and 1"]),
 }

@@ -40,8 +40,8 @@ def serve(
     settings: ServeSettings,
 ) -> None:
     """Download the model, then run gunicorn in the foreground until stopped."""
-    from mmp.inference import source as model_source
     from mmp.config import tracking_root
+    from mmp.inference import source as model_source
     from mmp.tracking import load_dotenv
 
     load_dotenv(tracking_root(config.root))  # MMP_API_TOKEN may live in .env
