@@ -165,7 +165,8 @@ def test_mmp_train_leaves_the_dvc_workspace_alone(repro_project: Project) -> Non
     # The outputs are in the run folder it printed, whole.
     line = next(line for line in result.stdout.splitlines() if line.startswith("Outputs: "))
     folder = project.root / line.split()[1].rstrip("/")
-    assert folder.parent == project.root / "runs" and "-xgb-baseline-titanic" in folder.name
+    # runs/<UTC time>-<recipe>-<data set>: -d FILE alone names the data set after the file.
+    assert folder.parent == project.root / "runs" and folder.name.endswith("-xgb-baseline-train"), folder
     for name in ("prepared/manifest.json", "models/model_info.json", "metrics.json", "explain/shap_importance.json"):
         assert (folder / name).is_file(), name
     assert list((folder / "plots").glob("*.png"))
