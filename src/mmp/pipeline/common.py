@@ -36,7 +36,7 @@ def load_prepared(config: Config) -> tuple[dict[str, Any], Preprocessor, dict[st
     manifest_path = prepared / MANIFEST_FILE
     if not manifest_path.is_file():
         raise DataError(
-            f"No prepared data in {prepared}; run the prepare stage first (dvc repro, or mmp train to run both)"
+            f"No prepared data in {prepared}; run the prepare stage first (dvc repro, or python stages/prepare.py)"
         )
     manifest = read_json(manifest_path)
     preprocessor = Preprocessor.load(prepared / PREPROCESSING_FILE)
