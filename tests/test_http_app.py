@@ -607,9 +607,6 @@ def test_wrong_method_is_405(client: FlaskClient) -> None:
         assert_error(client.post(path, json=ROW), 405, code="METHOD_NOT_ALLOWED")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the JSON error handler drops werkzeug's Allow header that RFC 9110 requires on 405"
-)
 def test_405_names_the_allowed_methods(client: FlaskClient) -> None:
     response = client.get("/predict")
     assert response.status_code == 405

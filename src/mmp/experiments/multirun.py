@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmp.config import CONFIG_DIR, CONFIG_NAME, load_config, project_root
+from mmp.config import CONFIG_DIR, CONFIG_NAME, hydra_overrides, load_config, project_root
 from mmp.errors import ConfigError, MmpError
 from mmp.experiments import sweep as sweeps
 
@@ -83,7 +83,7 @@ def _launch(root: Path, overrides: Sequence[str], folder: Path, prog: str) -> No
     argv = [
         prog,
         "--multirun",
-        *overrides,
+        *hydra_overrides(overrides),  # new hyperparameters are added, as every other route does
         f"hydra.sweep.dir='{folder}'",
         "hydra.sweep.subdir=${hydra.job.num}",
         "hydra.job.chdir=false",

@@ -69,7 +69,10 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
         message = exc.description or exc.name
         if exc.code == 413:
             message = f"The body is larger than the {settings.max_body_mb:g} MB limit; send fewer rows per request"
-        return _error(RequestError(message, exc.code or 400, code))
+        response = _error(RequestError(message, exc.code or 400, code))
+        if allow := exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = allow  # a 405 must name the methods the route takes (RFC 9110)
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:  # never a stack trace to the client
