@@ -9,7 +9,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mmp.errors import DataError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @contextlib.contextmanager
@@ -96,3 +101,26 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def scan_table(path: Path, error: type[Exception] = DataError) -> pl.LazyFrame:
+    """Open a CSV or Parquet file lazily, with a clear ``error`` (one line, naming the fix) when it cannot be read."""
+    import polars as pl
+
+    if not path.is_file():
+        raise error(f"Data file {path} does not exist; set data.path (or -d PATH) to a CSV or Parquet file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pl.scan_parquet(path)
+        elif suffix in (".csv", ".txt", ".tsv"):
+            frame = pl.scan_csv(
+                path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000, try_parse_dates=False
+            )
+        else:
+            raise error(f"Data file {path} has an unknown format '{suffix}'; use .csv or .parquet")
+        frame.collect_schema()
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise error(f"Data file {path} cannot be read ({reason}); check that it is a valid {suffix[1:]} file") from None
+    return frame

@@ -28,6 +28,7 @@ import yaml
 
 from mmp.config.schema import Config, from_dict
 from mmp.errors import ConfigError
+from mmp.files import scan_table
 
 CONFIG_DIR = "conf"
 CONFIG_NAME = "config"
@@ -212,25 +213,8 @@ def _default_target(given: str, path: Path) -> str:
 
 
 def _data_columns(path: Path) -> list[str]:
-    """The column names of a CSV or Parquet file, read from its header only."""
-    import polars as pl
-
-    if not path.is_file():
-        raise ConfigError(f"Data file {path} does not exist; set data.path (or -d PATH) to a CSV or Parquet file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            frame = pl.scan_parquet(path)
-        elif suffix in (".csv", ".txt", ".tsv"):
-            frame = pl.scan_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=0)
-        else:
-            raise ConfigError(f"Data file {path} has an unknown format '{suffix}'; use .csv or .parquet")
-        return frame.collect_schema().names()
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise ConfigError(
-            f"Data file {path} cannot be read ({reason}); check that it is a valid {suffix[1:]} file"
-        ) from None
+    """The column names of a CSV or Parquet file, read from its header."""
+    return scan_table(path, ConfigError).collect_schema().names()
 
 
 def _hydra_message(exc: Exception, root: Path) -> str:

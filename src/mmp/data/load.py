@@ -11,31 +11,9 @@ import polars as pl
 
 from mmp.config import DataConfig
 from mmp.errors import DataError
+from mmp.files import scan_table as scan
 
 log = logging.getLogger(__name__)
-
-
-def scan(path: Path) -> pl.LazyFrame:
-    """Open a CSV or Parquet file lazily, with a clear error when it cannot be read."""
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist; set data.path (or -d PATH) to a CSV or Parquet file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            frame = pl.scan_parquet(path)
-        elif suffix in (".csv", ".txt", ".tsv"):
-            frame = pl.scan_csv(
-                path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000, try_parse_dates=False
-            )
-        else:
-            raise DataError(f"Data file {path} has an unknown format '{suffix}'; use .csv or .parquet")
-        frame.collect_schema()
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise DataError(
-            f"Data file {path} cannot be read ({reason}); check that it is a valid {suffix[1:]} file"
-        ) from None
-    return frame
 
 
 def load(data: DataConfig, path: Path) -> pl.DataFrame:
