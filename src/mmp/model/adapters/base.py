@@ -209,6 +209,13 @@ def check_type(name: str, value: Any, default: Any) -> None:
         raise ConfigError(f"Hyperparameter recipe.model.params.{name} must be {kind}, got {value!r}")
 
 
+def sum_to_one(values: Any) -> np.ndarray:
+    """Importances scaled to sum to 1 (gain totals read like the other libraries' importances)."""
+    values = np.asarray(values, dtype=float)
+    total = values.sum()
+    return values / total if total > 0 else values
+
+
 def split_bias(contributions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Library contributions end with the bias column; it is the same for every row."""
     return contributions[..., :-1], contributions[0, ..., -1]

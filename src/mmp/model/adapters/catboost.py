@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class
+from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class, split_bias, sum_to_one
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 
 if TYPE_CHECKING:
@@ -70,9 +70,7 @@ class CatBoostAdapter(Adapter):
         estimator.set_params(thread_count=threads)
 
     def importances(self, estimator: Any) -> np.ndarray | None:
-        values = np.asarray(estimator.get_feature_importance(), dtype=float)
-        total = values.sum()
-        return values / total if total > 0 else values
+        return sum_to_one(estimator.get_feature_importance())
 
     def explainer(self, model: TrainedModel) -> str:
         return "catboost.ShapValues"
@@ -82,7 +80,7 @@ class CatBoostAdapter(Adapter):
     ) -> tuple[np.ndarray, np.ndarray]:
         pool = _pool(x, _categoricals(model.estimator))
         values = np.asarray(model.estimator.get_feature_importance(pool, type="ShapValues"))
-        return values[..., :-1], values[0, ..., -1]  # (rows, f+1) or (rows, classes, f+1): the bias is last
+        return split_bias(values)  # (rows, f+1) or (rows, classes, f+1): the bias is last
 
     def raw_output(self, model: TrainedModel, x: np.ndarray) -> np.ndarray:
         pool = _pool(x, _categoricals(model.estimator))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class, split_bias
+from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class, split_bias, sum_to_one
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 
 if TYPE_CHECKING:
@@ -72,9 +72,7 @@ class LightGBMAdapter(Adapter):
 
     def importances(self, estimator: Any) -> np.ndarray | None:
         """Total gain, normalised to sum to 1 so that it reads like the other libraries' importances."""
-        values = np.asarray(_booster(estimator).feature_importance(importance_type="gain"), dtype=float)
-        total = values.sum()
-        return values / total if total > 0 else values
+        return sum_to_one(_booster(estimator).feature_importance(importance_type="gain"))
 
     def explainer(self, model: TrainedModel) -> str:
         return "lightgbm.pred_contrib"
