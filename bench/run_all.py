@@ -1,13 +1,16 @@
 """Run the benchmarks, print one markdown table and write bench/results/*.json.
 
-    .venv/bin/python bench/run_all.py                 # cli, dvc, pipeline (about 10-13 min on 2 cores)
+    .venv/bin/python bench/run_all.py                 # cli, dvc, pipeline, loop (10-13 min on 2 cores + loop)
     .venv/bin/python bench/run_all.py --quick         # smoke run: 100,000 rows, fewer repetitions
     .venv/bin/python bench/run_all.py --only cli dvc  # a subset; `--only omp fit_eval` runs the two probes
     .venv/bin/python bench/run_all.py --only serving  # HTTP serving under wrk (about 5 min; needs wrk)
     .venv/bin/python bench/run_all.py --only sweep    # a 4-job sweep in parallel vs in a row; per-run overhead
+    .venv/bin/python bench/run_all.py --only loop     # mmp train, dvc repro -f, dvc exp run vs a plain script (titanic)
 
 Benchmarks: cli (`mmp --help` vs `python -c pass`), dvc (no-op `dvc repro` vs a one-stage project),
-pipeline (prepare + train on 1,000,000 rows vs bench/plain_xgboost.py), and, on request, omp (XGBoost's
+pipeline (prepare + train on 1,000,000 rows vs bench/plain_xgboost.py), loop (the everyday commands on
+titanic, `mmp train`, `dvc repro -f`, `dvc exp run`, the explain stage of every recipe and a sweep's per-job
+overhead, vs plain_xgboost.py; see bench_loop.py), and, on request, omp (XGBoost's
 fit under OpenMP's default wait policy vs PASSIVE), fit_eval (the cost of evaluating the train split every
 boosting round), and serving (`mmp serve-api` vs `mlflow models serve` and a bare Flask app under wrk, and
 a 10,000-row request vs in-process), and sweep (a 4-job joblib sweep vs the same jobs one after another, and
@@ -25,13 +28,14 @@ from typing import Any
 import bench_cli
 import bench_dvc
 import bench_fit_eval
+import bench_loop
 import bench_omp
 import bench_pipeline
 import bench_serving
 import bench_sweep
 from common import RESULTS_DIR, machine, markdown_table, save_result, say
 
-DEFAULT = ("cli", "dvc", "pipeline")
+DEFAULT = ("cli", "dvc", "pipeline", "loop")
 ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep")
 
 
@@ -40,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=ALL, default=list(DEFAULT))
     parser.add_argument("--quick", action="store_true", help="100,000 rows and fewer repetitions")
     parser.add_argument("--rows", type=int, help="rows of the pipeline benchmark (default 1,000,000)")
-    parser.add_argument("--reps", type=int, help="repetitions of each side of the pipeline benchmark (default 3)")
+    parser.add_argument(
+        "--reps", type=int, help="repetitions of each side of the pipeline and loop benchmarks (default 3)"
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiled mmp runs")
     parser.add_argument(
         "--omp-wait-policy",
@@ -67,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"pipeline: {rows:,} rows, {reps} repetitions per side")
         results["pipeline"] = bench_pipeline.run(rows, reps, args.profile, args.omp_wait_policy)
         table += bench_pipeline.table(results["pipeline"])
+    if "loop" in args.only:
+        say(f"loop: {reps} repetitions")
+        results["loop"] = bench_loop.run(reps)
+        table += bench_loop.table(results["loop"])
     if "omp" in args.only:
         say("omp")
         results["omp"] = bench_omp.run(100_000 if args.quick else 300_000, 1 if args.quick else 2)
@@ -99,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "pipeline" in results:
         print("\nPipeline details:\n")
         print("\n".join(bench_pipeline.details(results["pipeline"])))
+    if "loop" in results:
+        print("\nLoop details:\n")
+        print(bench_loop.details(results["loop"]))
     if "sweep" in results:
         print("\nSweep: where a train run's time goes:\n")
         print(bench_sweep.details(results["sweep"]))
