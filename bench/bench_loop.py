@@ -86,7 +86,7 @@ PAIRED: dict[str, tuple[str, list[str], float]] = {
 }
 ITEMS = (*PAIRED, "recorder", "explain", "sweep_job")
 TARGET_EXPLAIN_S = 2.0
-SWEEP = ["recipe=xgb-baseline", "seed=1,2,3"]
+SWEEP = ["recipe=xgb-baseline", "recipe.model.params.max_depth=4,5,6"]  # one prepare, shared by the jobs
 TARGET_SWEEP_JOB_S = 0.5
 EXPLAIN_DIR = "runs/bench-explain"
 

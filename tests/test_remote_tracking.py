@@ -152,8 +152,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def test_wrong_password_fails_before_training(team: Team) -> None:
-    prepared = team.project.root / "data" / "prepared" / "manifest.json"
-    before = (prepared.stat().st_mtime_ns, len(team.runs()))
+    before = (run_folders(team.project), len(team.runs()))
     # A variable set in the environment wins over .env; here it carries the wrong password.
     result = team.mmp("train", "-c", "configs/prod.yaml", MLFLOW_TRACKING_PASSWORD="not-the-password")
     error = one_error_line(result)
@@ -161,7 +160,13 @@ def test_wrong_password_fails_before_training(team: Team) -> None:
     assert "MLFLOW_TRACKING_PASSWORD in .env" in error
     assert "not-the-password" not in result.stdout + result.stderr
     assert "[mmp] prepare:" not in result.stderr  # no stage started
-    assert (prepared.stat().st_mtime_ns, len(team.runs())) == before
+    assert (run_folders(team.project), len(team.runs())) == before
+
+
+def run_folders(project: Project) -> list[str]:
+    """`mmp train`'s output folders (runs/...): a train that fails first leaves none."""
+    folder = project.root / "runs"
+    return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
 
 
 def down_config(project: Project) -> str:
@@ -223,11 +228,10 @@ def test_read_only_user_is_told_to_ask_for_edit_permission(team: Team) -> None:
     assert status["login"].startswith("OK") and "user 'bob'" in status["login"]
     assert status["experiment"].startswith(f"FAIL  experiment    {refused} -> fix: ask an MLflow admin for EDIT")
 
-    prepared = team.project.root / "data" / "prepared" / "manifest.json"
-    before = (prepared.stat().st_mtime_ns, len(team.runs()))
+    before = (run_folders(team.project), len(team.runs()))
     error = one_error_line(team.mmp("train", "-c", "configs/prod.yaml", **bob))
     assert refused in error and "EDIT permission" in error
-    assert (prepared.stat().st_mtime_ns, len(team.runs())) == before  # nothing written, no run left behind
+    assert (run_folders(team.project), len(team.runs())) == before  # nothing written, no run left behind
 
     with logged_in("admin", MLFLOW_ADMIN_PASSWORD):
         experiment_id = team.client().get_experiment_by_name(EXPERIMENT).experiment_id

@@ -62,12 +62,13 @@ class CatBoostAdapter(Adapter):
 
     def output(self, model: TrainedModel, x: np.ndarray) -> np.ndarray:
         pool = _pool(x, _categoricals(model.estimator))
+        threads = getattr(model, "_threads", 0) or -1  # -1: every core
         if model.task == "regression":
-            return np.asarray(model.estimator.predict(pool), dtype=float)
-        return np.asarray(model.estimator.predict_proba(pool))
+            return np.asarray(model.estimator.predict(pool, thread_count=threads), dtype=float)
+        return np.asarray(model.estimator.predict_proba(pool, thread_count=threads))
 
     def set_threads(self, estimator: Any, threads: int) -> None:
-        estimator.set_params(thread_count=threads)
+        """A fitted CatBoost model refuses new parameters: :meth:`output` passes the model's limit per call."""
 
     def importances(self, estimator: Any) -> np.ndarray | None:
         return sum_to_one(estimator.get_feature_importance())
