@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from mmp.config import Config
 from mmp.errors import Pruned, TrackingError
 from mmp.redaction import redact
+from mmp.tracking.orphans import owner_tags
 from mmp.tracking.store import describe_failure, is_store_failure, setup
 from mmp.tracking.tags import TAG_PREFIX, _run_name, common_tags, params_of
 
@@ -95,6 +96,7 @@ class StageRun:
         try:
             if resume_run_id:
                 self._run = mlflow.start_run(run_id=resume_run_id)
+                mlflow.set_tags(owner_tags())  # this process owns the reopened run now
                 return self._run
             run_tags = {**common_tags(config, self._stage), **self._tags}
             if self._context:

@@ -58,6 +58,9 @@ def setup(config: Config) -> str:
         mlflow.set_experiment(experiment_id=experiment_id)
     except Exception as exc:  # everything here talks to the store: any failure is the store's
         raise TrackingError(describe_failure(uri, exc, config.mlflow.experiment_name)) from None
+    from mmp.tracking.orphans import reap
+
+    reap(experiment_id)  # runs left RUNNING by a killed process end KILLED
     return experiment_id
 
 

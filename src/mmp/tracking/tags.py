@@ -121,7 +121,10 @@ def params_of(config: Config) -> dict[str, str]:
 
 
 def common_tags(config: Config, stage: str) -> dict[str, str]:
-    """The tags of every mmp run: stage, recipe, data, overrides, source, git, DVC and versions."""
+    """The tags of every mmp run: stage, recipe, data, overrides, source, git, DVC, versions and the owning
+    process (:mod:`.orphans`)."""
+    from mmp.tracking.orphans import owner_tags
+
     script = f"stages/{stage}.py"
     return {
         f"{TAG_PREFIX}stage": stage,
@@ -132,6 +135,7 @@ def common_tags(config: Config, stage: str) -> dict[str, str]:
         **git_tags(config.root),
         **dvc_tags(),
         **environment_tags(),
+        **owner_tags(),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,66 @@ KNOWN_TYPES: dict[str, type] = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric hyperparameter may take, as its library documents them."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+COUNT = Range(1)  # a positive count: trees, rounds
+RATE = Range(0, low_open=True)  # > 0: a learning rate, a weight ratio
+FRACTION = Range(0, 1, low_open=True)  # a sampled share of rows or columns: (0, 1]
+NON_NEGATIVE = Range(0)  # regularisation, minimum weights and gains
+
+# Ranges shared by the boosting libraries (their documentation); an adapter adds or overrides its own
+# (``Adapter.param_ranges``). None: any value of the type (e.g. LightGBM's max_depth, where <= 0 means no limit).
+PARAM_RANGES: dict[str, Range | None] = {
+    "n_estimators": COUNT,
+    "iterations": COUNT,
+    "num_parallel_tree": COUNT,
+    "learning_rate": RATE,
+    "eta": RATE,
+    "scale_pos_weight": RATE,
+    "subsample": FRACTION,
+    "colsample_bytree": FRACTION,
+    "colsample_bylevel": FRACTION,
+    "colsample_bynode": FRACTION,
+    "max_depth": NON_NEGATIVE,  # XGBoost: 0 is no limit
+    "max_leaves": NON_NEGATIVE,
+    "max_bin": Range(2),
+    "min_child_weight": NON_NEGATIVE,
+    "min_child_samples": NON_NEGATIVE,
+    "min_split_gain": NON_NEGATIVE,
+    "gamma": NON_NEGATIVE,
+    "reg_alpha": NON_NEGATIVE,
+    "reg_lambda": NON_NEGATIVE,
+    "l2_leaf_reg": NON_NEGATIVE,
+    "max_delta_step": NON_NEGATIVE,
+    "max_cat_to_onehot": COUNT,
+    "max_cat_threshold": COUNT,
+    "one_hot_max_size": NON_NEGATIVE,
+}
+
+
 def load_class(path: str) -> type:
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
@@ -79,6 +140,7 @@ class Adapter:
     requirements: tuple[str, ...] = ()  # pip distributions a logged model of this library imports
     early_stopping: bool = False
     checks_own_params: bool = False  # the library validates its parameters itself (scikit-learn)
+    param_ranges: dict[str, Range | None] = PARAM_RANGES  # documented ranges, checked before any data is read
 
     # ----------------------------------------------------------------- building
 
@@ -107,6 +169,7 @@ class Adapter:
                 )
             if not self.checks_own_params:
                 check_type(name, value, known[name])
+                check_range(name, value, self.param_ranges.get(name))
             resolved[name] = value
         resolved = {**spec.fixed, **resolved}
         self.add_defaults(resolved, known, seed)
@@ -207,6 +270,14 @@ def check_type(name: str, value: Any, default: Any) -> None:
             return
         kind = {bool: "true or false", int: "an integer", float: "a number"}[expected]
         raise ConfigError(f"Hyperparameter recipe.model.params.{name} must be {kind}, got {value!r}")
+
+
+def check_range(name: str, value: Any, allowed: Range | None) -> None:
+    """A numeric hyperparameter must lie in its documented range (one-line ConfigError naming it)."""
+    if allowed is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not allowed.admits(float(value)):
+        raise ConfigError(f"Hyperparameter recipe.model.params.{name} must be {allowed.describe()}, got {value!r}")
 
 
 def sum_to_one(values: Any) -> np.ndarray:

@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class, split_bias, sum_to_one
+from mmp.model.adapters.base import (
+    FRACTION,
+    NON_NEGATIVE,
+    PARAM_RANGES,
+    Adapter,
+    Range,
+    class_path,
+    invalid_params,
+    load_class,
+    split_bias,
+    sum_to_one,
+)
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 
 if TYPE_CHECKING:
@@ -22,6 +33,15 @@ class CatBoostAdapter(Adapter):
     key = "catboost"
     requirements = ("catboost",)
     early_stopping = True
+    param_ranges = {
+        **PARAM_RANGES,
+        "depth": Range(1, 16),
+        "max_depth": Range(1, 16),
+        "border_count": Range(1, 65535),
+        "rsm": FRACTION,
+        "bagging_temperature": NON_NEGATIVE,
+        "random_strength": NON_NEGATIVE,
+    }
 
     def known_params(self, spec: ModelSpec, task: str) -> dict[str, Any]:
         # CatBoost's get_params() lists only what was set; its constructor names every parameter.

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class, split_bias, sum_to_one
+from mmp.model.adapters.base import (
+    PARAM_RANGES,
+    Adapter,
+    Range,
+    class_path,
+    invalid_params,
+    load_class,
+    split_bias,
+    sum_to_one,
+)
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 
 if TYPE_CHECKING:
@@ -21,6 +30,8 @@ class LightGBMAdapter(Adapter):
     key = "lightgbm"
     requirements = ("lightgbm", "scikit-learn")
     early_stopping = True
+    # max_depth <= 0 is no limit; subsample_freq <= 0 turns bagging off.
+    param_ranges = {**PARAM_RANGES, "max_depth": None, "num_leaves": Range(2, 131072), "subsample_freq": None}
 
     def known_params(self, spec: ModelSpec, task: str) -> dict[str, Any]:
         import lightgbm

@@ -1,0 +1,114 @@
+"""Faults in the pipeline (issue 14): killed processes, a full or broken store, escaping names, bad data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BIN, Project
+from mmp.tracking import orphans
+
+STAGE_IN_ITS_GROUP = """
+import time
+from pathlib import Path
+from mmp.config import load_config
+from mmp.tracking.recorder import RecordedRun, for_stage
+
+config = load_config(from_params=True, root=Path.cwd())
+run = RecordedRun(for_stage(config, "train", "mmp.pipeline.recorder_process"), {"mmp.task": "binary"})
+print(run.info.run_id, flush=True)
+time.sleep(600)  # killed here with its recorder, as by the OOM killer or kill -9 of the group
+"""
+
+
+# --------------------------------------------------------------------------- 7: runs left RUNNING
+
+
+def test_owner_tags_name_this_process() -> None:
+    tags = orphans.owner_tags()
+    assert tags[orphans.OWNER_PID] == str(os.getpid())
+    assert tags[orphans.OWNER_STARTED]
+    assert orphans.is_alive(os.getpid(), tags[orphans.OWNER_STARTED])
+
+
+def test_a_gone_or_reused_pid_is_not_alive() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not orphans.is_alive(child.pid)
+    # Our own pid, but a different start time: the pid was reused by a later process.
+    assert not orphans.is_alive(os.getpid(), "00000000:1")
+
+
+@pytest.mark.slow
+def test_a_stage_killed_with_its_recorder_is_marked_killed_by_the_next_command(project: Project) -> None:
+    stage = subprocess.Popen(
+        [str(BIN / "python"), "-c", STAGE_IN_ITS_GROUP],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert stage.stdout is not None
+        run_id = stage.stdout.readline().strip()
+        assert len(run_id) == 32, f"the stage printed no run id: {run_id!r}"
+    finally:
+        os.killpg(stage.pid, signal.SIGKILL)  # the stage and its recorder at once: nobody ends the run
+        stage.wait()
+    time.sleep(0.5)
+    assert project.client().get_run(run_id).info.status == "RUNNING"
+
+    listed = project.mmp("runs", "--limit", "1", "--quiet")
+    assert listed.stdout.split() == [run_id]
+    run = project.client().get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert "is gone" in run.data.tags["mmp.orphaned"]
+    assert "left RUNNING" in run.data.tags["mmp.error"]
+    assert run.info.end_time is not None
+
+
+# --------------------------------------------------------------------------- 11: hyperparameter ranges
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "message"),
+    [
+        ("xgboost", {"n_estimators": -5}, "n_estimators must be >= 1, got -5"),
+        ("xgboost", {"learning_rate": 0.0}, "learning_rate must be > 0"),
+        ("xgboost", {"subsample": 1.5}, "subsample must be in (0, 1]"),
+        ("xgboost", {"max_depth": -1}, "max_depth must be >= 0"),
+        ("lightgbm", {"num_leaves": 1}, "num_leaves must be in [2, 131072]"),
+        ("lightgbm", {"reg_lambda": -1.0}, "reg_lambda must be >= 0"),
+        ("catboost", {"depth": 20}, "depth must be in [1, 16]"),
+        ("catboost", {"iterations": 0}, "iterations must be >= 1"),
+    ],
+)
+def test_hyperparameters_out_of_range_are_one_config_error(model: str, params: dict, message: str) -> None:
+    from mmp.errors import ConfigError
+    from mmp.model.registry import check_model_name, resolve_params
+
+    with pytest.raises(ConfigError) as error:
+        resolve_params(check_model_name(model), "binary", params, 0)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("xgboost", {"max_depth": 0, "n_estimators": 1, "subsample": 1.0, "gamma": 0}),
+        ("lightgbm", {"max_depth": -1, "subsample_freq": 0, "num_leaves": 31}),
+        ("catboost", {"depth": 6, "learning_rate": 0.03}),
+    ],
+)
+def test_documented_edge_values_are_accepted(model: str, params: dict) -> None:
+    from mmp.model.registry import check_model_name, resolve_params
+
+    resolved = resolve_params(check_model_name(model), "binary", params, 0)
+    assert all(resolved[name] == value for name, value in params.items())
