@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Project
+from conftest import BIN, REPO, Project
+from mmp.errors import DataError
 from mmp.tracking import orphans
 
 STAGE_IN_ITS_GROUP = """
@@ -112,3 +115,64 @@ def test_documented_edge_values_are_accepted(model: str, params: dict) -> None:
 
     resolved = resolve_params(check_model_name(model), "binary", params, 0)
     assert all(resolved[name] == value for name, value in params.items())
+
+
+# --------------------------------------------------------------------------- 11: bad data
+
+
+def _titanic_rows() -> tuple[str, list[str]]:
+    rows = (REPO / "data" / "titanic.csv").read_text().splitlines()
+    return rows[0], rows[1:200]
+
+
+def _load_and_check(path: Path, **data: object) -> None:
+    from mmp.config.schema import DataConfig
+    from mmp.data import clean_and_check, load
+
+    config = DataConfig(name="t", path=str(path), target="survived", **data)  # type: ignore[arg-type]
+    clean_and_check(load(config, path), config, "auto")
+
+
+def test_an_infinite_number_in_a_feature_names_the_column(tmp_path: Path) -> None:
+    header, body = _titanic_rows()
+    body[7] = "1st,died,male,inf,0,0"
+    (tmp_path / "inf.csv").write_text("\n".join([header, *body]) + "\n")
+    with pytest.raises(DataError) as error:
+        _load_and_check(tmp_path / "inf.csv")
+    assert "Column 'age' holds 1 infinite value(s)" in str(error.value)
+
+
+def test_a_column_of_numbers_and_text_warns_and_says_how_to_choose(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    header, body = _titanic_rows()
+    body[3] = "1st,died,male,unknown,0,0"
+    (tmp_path / "mixed.csv").write_text("\n".join([header, *body]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        _load_and_check(tmp_path / "mixed.csv")
+    warning = next(r.getMessage() for r in caplog.records if "mixes numbers and text" in r.getMessage())
+    assert "Column 'age'" in warning and "'unknown'" in warning and "data.categorical_columns" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _load_and_check(tmp_path / "mixed.csv", categorical_columns=["age"])  # a choice made: no warning
+    assert not [r for r in caplog.records if "mixes numbers and text" in r.getMessage()]
+
+
+def test_a_duplicate_header_warns_naming_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    header, body = _titanic_rows()
+    (tmp_path / "dup.csv").write_text("\n".join([header + ",age", *[row + ",1.0" for row in body]]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        _load_and_check(tmp_path / "dup.csv")
+    warning = next(r.getMessage() for r in caplog.records if "two columns named" in r.getMessage())
+    assert "'age'" in warning and "'age_duplicated_0'" in warning and "data.drop_columns" in warning
+
+
+def test_a_nested_parquet_column_is_named_as_unsupported(tmp_path: Path) -> None:
+    import polars as pl
+
+    frame = pl.read_csv(REPO / "data" / "titanic.csv").head(100)
+    frame.with_columns(pl.concat_list("sibsp", "parch").alias("family")).write_parquet(tmp_path / "nested.parquet")
+    with pytest.raises(DataError) as error:
+        _load_and_check(tmp_path / "nested.parquet")
+    assert "Column 'family'" in str(error.value) and "does not support" in str(error.value)
+    _load_and_check(tmp_path / "nested.parquet", drop_columns=["family"])  # dropped: fine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import mmap
+import re
 from pathlib import Path
 
 import polars as pl
@@ -19,8 +20,10 @@ log = logging.getLogger(__name__)
 def load(data: DataConfig, path: Path) -> pl.DataFrame:
     """Read the configured columns and rows: checks columns, drops unused ones, applies ``data.query``."""
     frame = scan(path)
-    columns = frame.collect_schema().names()
+    schema = frame.collect_schema()
+    columns = schema.names()
     _require_columns(data, columns, path)
+    _check_columns(data, schema, path)
     frame = frame.drop([c for c in data.drop_columns if c in columns])
     if data.query:
         try:
@@ -44,6 +47,32 @@ def _require_columns(data: DataConfig, columns: list[str], path: Path) -> None:
         if missing:
             raise DataError(
                 f"data.{key} names column(s) {', '.join(missing)} that {path} does not have; fix data.{key}"
+            )
+
+
+_DUPLICATED = re.compile(r"^(?P<name>.+)_duplicated_\d+$")  # Polars' name for a repeated CSV header
+
+
+def _check_columns(data: DataConfig, schema: pl.Schema, path: Path) -> None:
+    """Refuse nested columns (lists, structs), which no model takes; warn of a header that appears twice."""
+    dropped = set(data.drop_columns)
+    for name, dtype in schema.items():
+        if name in dropped:
+            continue
+        if isinstance(dtype, (pl.List, pl.Array, pl.Struct, pl.Object)):
+            raise DataError(
+                f"Column '{name}' of {path} is a nested {dtype} column, which mmp does not support; "
+                f"flatten it into plain columns, or add it to data.drop_columns"
+            )
+        match = _DUPLICATED.match(name)
+        if match and match["name"] in schema:
+            log.warning(
+                "Data file %s has two columns named '%s'; the second one is read as '%s'. Rename one of them in "
+                "the file, or drop it with data.drop_columns=[%s]",
+                path,
+                match["name"],
+                name,
+                name,
             )
 
 

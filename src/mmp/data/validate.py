@@ -45,8 +45,12 @@ def clean_and_check(frame: pl.DataFrame, data: DataConfig, requested_task: str) 
             f"No rows left{where} once rows with a missing target are dropped; check the data file and data.query"
         )
     for column in feature_columns(frame, data):
-        if frame[column].null_count() == frame.height:
+        series = frame[column]
+        if series.null_count() == frame.height:
             raise DataError(f"Column '{column}' is entirely empty; add it to data.drop_columns or fix the data file")
+        _check_feature(series, data)
+    if frame[target].dtype.is_float() and frame[target].is_infinite().any():
+        raise DataError(f"Target '{target}' holds infinite values (inf); fix or remove those rows in the data file")
     if frame.height < 20:
         raise DataError(f"Only {frame.height} rows to learn from; mmp needs at least 20 to split train/valid/test")
     task = infer_task(frame[target], requested_task, target)
@@ -62,6 +66,34 @@ def clean_and_check(frame: pl.DataFrame, data: DataConfig, requested_task: str) 
                 )
             classes = [c for c in classes if c != data.positive_class] + [data.positive_class]
     return Cleaned(frame, task, classes, n_null)
+
+
+def _check_feature(series: pl.Series, data: DataConfig) -> None:
+    """Infinite numbers fail; a text column that is mostly numbers is trained as a categorical: say so."""
+    name = series.name
+    if series.dtype.is_float() and series.is_infinite().any():
+        count = int(series.is_infinite().sum())
+        raise DataError(
+            f"Column '{name}' holds {count} infinite value(s) (inf); replace them in the data file "
+            "(leave the cell empty for a missing value), or add the column to data.drop_columns"
+        )
+    if series.dtype != pl.String or name in data.categorical_columns:
+        return
+    values = series.drop_nulls()
+    numbers = values.str.strip_chars().cast(pl.Float64, strict=False)
+    n_numbers = values.len() - numbers.null_count()
+    if n_numbers == 0 or n_numbers == values.len():
+        return
+    texts = values.filter(numbers.is_null()).unique(maintain_order=True).head(3).to_list()
+    log.warning(
+        "Column '%s' mixes numbers and text (%d numeric value(s), and e.g. %s): it is trained as a categorical "
+        "column with %d levels. If it is numeric, fix the text values in the file (an empty cell is a missing "
+        "value); if it is categorical, list it in data.categorical_columns",
+        name,
+        n_numbers,
+        ", ".join(repr(text) for text in texts),
+        values.n_unique(),
+    )
 
 
 def infer_task(target: pl.Series, requested: str, name: str) -> str:
