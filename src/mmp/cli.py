@@ -338,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_api.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve_api.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve_api.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
-    serve_api.add_argument("--worker-class", default="sync", help="gunicorn worker class (default: sync)")
+    serve_api.add_argument(
+        "--worker-class", default="gthread", help="gunicorn worker class (default: gthread, mmp's threaded worker)"
+    )
     serve_api.add_argument("--timeout", type=int, default=60, help="worker timeout in seconds")
     serve_api.add_argument("--max-rows", type=int, default=100_000, help="rows allowed in one request")
     serve_api.add_argument("--max-body-mb", type=float, default=50.0, help="largest request body (413 above)")

@@ -1,10 +1,17 @@
 """``mmp serve-api``: download the model once, then serve it with gunicorn (a production WSGI server).
 
 Each worker builds the Flask app (and so loads the model) once, when it starts.
+
+Workers are gunicorn's threaded workers (``gthread``) with one change: a request's head (request line and
+headers) is read by the worker's event loop, not by a thread, so a client that sends its headers slowly
+costs a buffer, never a thread, and is dropped after :data:`HEAD_TIMEOUT` seconds. A thread is given the
+request once its head is complete; reading the body, a thread waits at most :data:`BODY_TIMEOUT` seconds
+for each read (a ``Content-Length`` larger than the body then ends in a 400, not a stuck thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,14 +28,20 @@ from mmp.inference.http.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
+HEAD_TIMEOUT = 10.0  # seconds a client has to send a request's line and headers
+BODY_TIMEOUT = 15.0  # seconds a thread waits for the next bytes of a request body (and for a slow reader)
+HEAD_BUFFER = 64 * 1024  # a head not complete within this many bytes goes to gunicorn's parser (which answers 400)
+THREADS = 8  # threads per worker: requests in progress at once, in each worker
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 0  # 0: one per core
-    worker_class: str = "sync"
+    worker_class: str = "gthread"  # gthread: mmp's threaded worker (slow clients never hold a thread); or sync, ...
     timeout: int = 60
+    threads: int = THREADS
 
 
 def serve(
@@ -46,6 +59,7 @@ def serve(
 
     load_dotenv(tracking_root(config.root))  # MMP_API_TOKEN may live in .env
     cache = Path(tempfile.mkdtemp(prefix="mmp-serve-"))
+    owner = os.getpid()  # gunicorn's master; its forked workers unwind through this function too when they exit
     try:
         local = model_source.download(config, run_id=run_id, model_uri=model_uri, dest=cache)
         os.environ[MODEL_DIR_ENV] = str(local)
@@ -61,11 +75,13 @@ def serve(
             options.worker_class,
             auth,
         )
+        threaded = options.worker_class == "gthread"
         _Gunicorn(
             {
                 "bind": f"{options.host}:{options.port}",
                 "workers": workers,
-                "worker_class": options.worker_class,
+                "worker_class": _buffered_thread_worker() if threaded else options.worker_class,
+                "threads": options.threads if threaded else 1,
                 "timeout": options.timeout,
                 "accesslog": None,  # mmp writes its own structured access log
                 "errorlog": "-",
@@ -75,13 +91,16 @@ def serve(
             }
         ).run()
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        if os.getpid() == owner:  # a worker that exits must not delete the model the others (and the next) load
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def _check_bind(host: str, port: int) -> None:
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As gunicorn binds: a TIME-WAIT socket left by the previous server on this port is no conflict.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -110,7 +129,8 @@ class _Gunicorn:
                 from mmp.inference.http.app import create_app
 
                 _configure_worker_logging()
-                return create_app()
+                app = create_app()
+                return _InputGuard(app, int(app.extensions["mmp.settings"].max_body_mb * 1024 * 1024))
 
         Application().run()
 
@@ -123,3 +143,186 @@ def _configure_worker_logging() -> None:
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
+
+
+class _InputGuard:
+    """WSGI middleware on the request body, for what werkzeug's ``MAX_CONTENT_LENGTH`` leaves out.
+
+    - A chunked body (no ``Content-Length``) over the limit: werkzeug stops reading at the limit and the
+      app would score the truncated rows; here reading past the limit raises 413.
+    - A body that stops arriving (a ``Content-Length`` larger than the body): 408 after
+      :data:`BODY_TIMEOUT` seconds of silence, instead of werkzeug's generic 400.
+    - A compressed body (``Content-Encoding: gzip``, ...): reading it raises 415, with a clear message.
+
+    The errors are raised where the app reads the body, so they are answered by the app's own error
+    handlers (the JSON error body and the ``X-Request-ID`` of every other answer).
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        encoding = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+        if encoding not in ("", "identity"):
+            environ["wsgi.input"] = _RefusedInput(encoding)
+        else:
+            chunked = not environ.get("CONTENT_LENGTH")
+            environ["wsgi.input"] = _BodyInput(environ["wsgi.input"], self.max_bytes if chunked else None)
+        return self.app(environ, start_response)
+
+
+def _too_large() -> Exception:
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    return RequestEntityTooLarge()
+
+
+def _too_slow() -> Exception:
+    from werkzeug.exceptions import RequestTimeout
+
+    return RequestTimeout(
+        f"The body stopped arriving ({BODY_TIMEOUT:g} s without data); send a Content-Length that matches the body"
+    )
+
+
+class _RefusedInput:
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+
+    def read(self, size: int | None = -1) -> bytes:
+        from werkzeug.exceptions import UnsupportedMediaType
+
+        raise UnsupportedMediaType(
+            f"Content-Encoding '{self.encoding[:40]}' is not supported; send the body uncompressed"
+        )
+
+    readline = read
+
+
+class _BodyInput:
+    """The body stream: 408 when it stops arriving; with a ``limit``, 413 once more than that arrives."""
+
+    def __init__(self, stream: Any, limit: int | None) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.seen = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.limit is None:
+            return self._call(self.stream.read, size)
+        if size is None or size < 0:  # all of it, a bounded piece at a time
+            parts = []
+            while part := self.read(64 * 1024):
+                parts.append(part)
+            return b"".join(parts)
+        data = self._call(self.stream.read, min(size, self.limit + 1 - self.seen))
+        self.seen += len(data)
+        # werkzeug reads exactly up to the limit, then stops: look one byte further
+        if self.seen > self.limit or (self.seen == self.limit and data and self._call(self.stream.read, 1)):
+            raise _too_large()
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if self.limit is not None and (size is None or size < 0 or size > self.limit + 1 - self.seen):
+            size = self.limit + 1 - self.seen
+        line = self._call(self.stream.readline, size)
+        self.seen += len(line)
+        if self.limit is not None and self.seen > self.limit:
+            raise _too_large()
+        return line
+
+    @staticmethod
+    def _call(method: Any, size: int | None) -> bytes:
+        try:
+            return method(size)
+        except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired: no data for BODY_TIMEOUT s
+            raise _too_slow() from None
+
+
+def _buffered_thread_worker() -> type:
+    """gunicorn's ``gthread`` worker, with request heads read by the event loop (see the module's docstring).
+
+    Gunicorn's sync workers expect a buffering proxy in front of them (nginx): one client sending its
+    headers a byte a second holds a whole worker. This worker does that buffering itself.
+    """
+    import errno
+    import selectors
+    import socket
+    import struct
+    import time
+    from functools import partial
+
+    from gunicorn.workers.gthread import TConn, ThreadWorker
+
+    wait = struct.pack("ll", int(BODY_TIMEOUT), 0)
+
+    class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
+        def init_process(self) -> None:
+            self.heads: dict[Any, float] = {}  # connections whose head is being read -> deadline
+            super().init_process()
+
+        def accept(self, listener: Any) -> None:
+            try:
+                client, address = listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                    raise
+                return
+            self.nr_conns += 1
+            # A blocking read or write in a thread returns (EAGAIN) after BODY_TIMEOUT s of silence.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, wait)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wait)
+            self._await_head(TConn(self.cfg, client, address, listener.getsockname()))
+
+        def on_client_socket_readable(self, conn: Any, client: Any) -> None:  # a kept-alive connection's next request
+            self.poller.unregister(client)
+            self.keepalived_conns.remove(conn)
+            self._await_head(conn)
+
+        def _await_head(self, conn: Any) -> None:
+            conn.sock.setblocking(False)
+            conn.mmp_head = bytearray()
+            self.heads[conn] = time.monotonic() + HEAD_TIMEOUT
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_head, conn))
+
+        def _read_head(self, conn: Any, client: Any) -> None:
+            try:
+                data = conn.sock.recv(HEAD_BUFFER)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # the client went away
+                self._drop(conn)
+                return
+            conn.mmp_head += data
+            if b"\r\n\r\n" in conn.mmp_head or len(conn.mmp_head) >= HEAD_BUFFER:
+                self.poller.unregister(conn.sock)
+                del self.heads[conn]
+                self.enqueue_req(conn)
+
+        def _drop(self, conn: Any) -> None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(conn.sock)
+            self.heads.pop(conn, None)
+            self.nr_conns -= 1
+            conn.close()
+
+        def murder_pending(self) -> None:  # called by the event loop about once a second
+            super().murder_pending()
+            now = time.monotonic()
+            for conn, deadline in list(self.heads.items()):
+                if deadline <= now or not self.alive:
+                    self._drop(conn)
+
+        def handle(self, conn: Any) -> Any:  # in a thread
+            head = getattr(conn, "mmp_head", None)
+            if head:
+                conn.mmp_head = None
+                conn.sock.setblocking(True)
+                conn.init()  # the parser, on a new connection; nothing on a kept-alive one
+                conn.parser.unreader.unread(bytes(head))
+            return super().handle(conn)
+
+    return BufferedThreadWorker
