@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,3 +177,30 @@ def test_a_nested_parquet_column_is_named_as_unsupported(tmp_path: Path) -> None
         _load_and_check(tmp_path / "nested.parquet")
     assert "Column 'family'" in str(error.value) and "does not support" in str(error.value)
     _load_and_check(tmp_path / "nested.parquet", drop_columns=["family"])  # dropped: fine
+
+
+# --------------------------------------------------------------------------- 10: experiment names
+
+
+@pytest.mark.parametrize("name", ["..", ".", "  "])
+def test_an_experiment_name_that_escapes_the_store_is_refused(tmp_path: Path, name: str) -> None:
+    from mmp.config import load_config
+    from mmp.errors import ConfigError
+    from mmp.tracking import preflight, setup
+
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    config = load_config(root=tmp_path, overrides=[f"mlflow.experiment_name='{name}'"])
+    for check in (preflight, setup):
+        with pytest.raises(ConfigError) as error:
+            check(config)
+        assert "outside the store" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_dotted_experiment_name_stays_inside_the_store(tmp_path: Path) -> None:
+    from mmp.config import load_config
+    from mmp.tracking.store import experiment_folder
+
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    config = load_config(root=tmp_path, overrides=["mlflow.experiment_name=../models/x"])
+    assert experiment_folder(config, tmp_path) == (tmp_path / "mlruns" / ".._models_x").resolve()

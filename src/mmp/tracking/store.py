@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mmp.config import Config, tracking_root
-from mmp.errors import TrackingError
+from mmp.errors import ConfigError, TrackingError
 from mmp.files import file_lock, safe_name
 from mmp.redaction import redact
 
@@ -51,6 +51,8 @@ def setup(config: Config) -> str:
     import mlflow
 
     uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
+    if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
+        experiment_folder(config, store_root)  # a name that escapes the store fails before it is created
     mlflow.set_tracking_uri(uri)
     try:
         with _store_lock(uri):
@@ -74,6 +76,8 @@ def preflight(config: Config) -> None:
     load_dotenv(store_root)
     uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
     if not uri.startswith(("http://", "https://")):
+        if config.mlflow.artifact_location and not uri.startswith("databricks"):
+            experiment_folder(config, store_root)  # a name that escapes the store
         return
     import requests
 
@@ -110,7 +114,7 @@ def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
         return str(experiment.experiment_id)
     artifact_location = None
     if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
-        artifact_location = (store_root / config.mlflow.artifact_location / safe_name(name)).resolve().as_uri()
+        artifact_location = experiment_folder(config, store_root).as_uri()
     try:
         return str(mlflow.create_experiment(name, artifact_location=artifact_location))
     except mlflow.exceptions.MlflowException:
@@ -119,6 +123,23 @@ def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
         if experiment is None:
             raise
         return str(experiment.experiment_id)
+
+
+def experiment_folder(config: Config, store_root: Path) -> Path:
+    """The experiment's artifact folder in a local store: ``<artifact_location>/<safe name>``.
+
+    ConfigError for a name that resolves outside the artifact location (``..``, ``.``): its runs' folders
+    would land in the project (``..`` puts a logged model inside the DVC ``models/`` folder).
+    """
+    name = config.mlflow.experiment_name
+    base = (store_root / (config.mlflow.artifact_location or "mlruns")).resolve()
+    folder = (base / safe_name(name)).resolve()
+    if not name.strip() or folder.parent != base:
+        raise ConfigError(
+            f"mlflow.experiment_name {name!r} would put the experiment's runs outside the store {base}; "
+            "use a plain name such as 'mmp' or 'titanic-xgb'"
+        )
+    return folder
 
 
 @contextlib.contextmanager
