@@ -43,6 +43,7 @@ ROUTES = {
     ("/version", "get"),
     ("/metadata", "get"),
     ("/openapi.json", "get"),
+    ("/metrics", "get"),
     ("/", "get"),
 }
 
@@ -51,6 +52,7 @@ SETUPS: dict[str, tuple[str, str, str, int | None, dict[str, Any]]] = {
     "titanic": ("xgboost", "titanic", "survived", None, {"n_estimators": 40, "max_depth": 3, "n_jobs": 1}),
     "diamonds": ("lightgbm", "diamonds", "price", 2_000, {"n_estimators": 40, "num_leaves": 15, "n_jobs": 1}),
     "penguins": ("linear", "penguins", "species", None, {"max_iter": 500}),
+    "forest": ("random_forest", "titanic", "survived", None, {"n_estimators": 10, "max_depth": 4, "n_jobs": 1}),
 }
 # One valid record per model, from the bundled data.
 RECORDS: dict[str, dict[str, Any]] = {
@@ -76,6 +78,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "year": 2008,
     },
 }
+RECORDS["forest"] = RECORDS["titanic"]
 ROW = RECORDS["titanic"]
 MAN = {**ROW, "sex": "male", "pclass": "3rd", "age": 40}
 
@@ -240,9 +243,10 @@ def test_metadata(make_client: Factory, name: str, task: str, classes: list[str]
 
 def test_metadata_schema_of_titanic(client: FlaskClient) -> None:
     schema = {column["name"]: column for column in ok(client.get("/metadata"))["input_schema"]}
-    assert schema["sex"] == {"name": "sex", "type": "string", "nullable": False, "categories": ["female", "male"]}
+    # One null policy: a categorical column takes null (as an unseen category); XGBoost takes NaN anywhere
+    assert schema["sex"] == {"name": "sex", "type": "string", "nullable": True, "categories": ["female", "male"]}
     assert schema["age"] == {"name": "age", "type": "number", "nullable": True}  # titanic has missing ages
-    assert schema["sibsp"]["nullable"] is False
+    assert schema["sibsp"]["nullable"] is True
 
 
 def test_openapi_document(client: FlaskClient) -> None:
@@ -437,8 +441,8 @@ BAD_RECORDS: dict[str, tuple[Any, list[str]]] = {
     "wrong type": ({**ROW, "age": "abc"}, ["Column 'age' must be a number", "'abc'"]),
     "boolean for a number": ({**ROW, "sibsp": True}, ["Column 'sibsp' must be a number"]),
     "object for a category": ({**ROW, "sex": {"a": 1}}, ["Column 'sex' must be a text value"]),
-    "null the model cannot take": ({**ROW, "sex": None}, ["Column 'sex' is null", "without missing values"]),
-    "null number the model cannot take": ({**ROW, "sibsp": None}, ["Column 'sibsp' is null"]),
+    "beyond float32": ({**ROW, "age": 1e39}, ["Column 'age' must be within the model's float32 range", "1e+39"]),
+    "huge integer": ({**ROW, "sibsp": 10**40}, ["Column 'sibsp' must be within the model's float32 range"]),
     "empty list": ([], ["No rows to score"]),
     "not a record": ([1, 2], ["body item 0 must be an object"]),
     "not a record or list": ("just text", ["one record (a JSON object) or a list"]),
@@ -453,7 +457,7 @@ def test_bad_records_get_400(client: FlaskClient, route: str, case: str) -> None
     assert_error(client.post(route, json=payload), 400, *fragments)
 
 
-@pytest.mark.parametrize("case", ["missing column", "unknown column", "wrong type", "null the model cannot take"])
+@pytest.mark.parametrize("case", ["missing column", "unknown column", "wrong type", "beyond float32"])
 def test_bad_records_get_400_from_invocations(client: FlaskClient, case: str) -> None:
     record, fragments = BAD_RECORDS[case]
     assert_error(client.post("/invocations", json={"dataframe_records": [record]}), 400, *fragments)
@@ -613,9 +617,15 @@ def test_405_names_the_allowed_methods(client: FlaskClient) -> None:
     assert "POST" in response.headers.get("Allow", "")
 
 
-def test_explain_top_k_that_is_not_a_number_uses_the_default(client: FlaskClient) -> None:
-    body = ok(client.post("/explain?top_k=abc", json=ROW))
-    assert len(body["explanations"][0]["top"]) == 5
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "1e3", "99999999999999999999", "\u0663"])
+def test_explain_top_k_that_is_not_a_whole_number_is_400(client: FlaskClient, value: str) -> None:
+    response = client.post("/explain", query_string={"top_k": value}, json=ROW)
+    assert_error(response, 400, "top_k must be a whole number")
+
+
+def test_explain_top_k_zero_and_large(client: FlaskClient) -> None:
+    assert ok(client.post("/explain?top_k=0", json=ROW))["explanations"][0]["top"] == []
+    assert len(ok(client.post("/explain?top_k=999", json=ROW))["explanations"][0]["top"]) == 5
 
 
 # --------------------------------------------------------------------------- token and request ids
@@ -673,3 +683,213 @@ def test_csv_body_is_read_as_bytes(client: FlaskClient) -> None:
     csv = "\ufeffpclass,sex,age,sibsp,parch\r\n1st,female,29,0,0\r\n"
     response = client.post("/invocations", data=io.BytesIO(csv.encode()), content_type="text/csv")
     assert ok(response) == {"predictions": ["survived"]}
+
+
+# --------------------------------------------------------------------------- issue 14: values at the edges
+
+
+def strict_copy(model_dirs: dict[str, Path], tmp_path: Path, column: str = "sibsp") -> dict[str, Path]:
+    """The random forest with no imputer for ``column``: a model that cannot take a missing value there."""
+    folder = tmp_path / "strict"
+    shutil.copytree(model_dirs["forest"], folder)
+    state_file = folder / "artifacts" / "preprocessing.json"
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    for item in state["columns"]:
+        if item["name"] == column:
+            item.update(impute=None, nullable=False)
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+    return {"strict": folder}
+
+
+def forest_split(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return invocation_payloads(rows)["dataframe_split"]
+
+
+@pytest.mark.parametrize("name", ["titanic", "forest"])
+def test_numbers_beyond_float32_are_400_on_every_route(make_client: Factory, name: str) -> None:
+    """1e39 is finite JSON but infinite in float32: a 400 naming the column, never a 500 (issue 14)."""
+    client = make_client(name)
+    bad = {**ROW, "age": 1e39}
+    many = [*titanic_rows(1_100)]
+    many[700] = {**many[700], "age": -1e39}
+    cases = [
+        ("/predict", {"json": bad}),
+        ("/explain", {"json": [ROW, bad]}),
+        ("/invocations", {"json": {"dataframe_records": [bad]}}),
+        ("/invocations", {"json": forest_split(many)}),  # the column-wise fast path
+        ("/invocations", {"data": "pclass,sex,age,sibsp,parch\n1st,female,1e39,0,0\n", "content_type": "text/csv"}),
+    ]
+    for route, kwargs in cases:
+        assert_error(client.post(route, **kwargs), 400, "Column 'age'", "float32")
+    edge = {**ROW, "age": 3.4e38}  # within range: scored
+    assert ok(client.post("/predict", json=edge))["prediction"] in ("died", "survived")
+    assert ok(client.post("/explain", json=edge))["explanations"]
+
+
+def test_scaled_overflow_is_400(make_client: Factory) -> None:
+    """A linear model scales its inputs: a value inside float32 that overflows once scaled is still a 400."""
+    client = make_client("penguins")
+    record = {**RECORDS["penguins"], "body_mass_g": -3.4e38}
+    for route in ("/predict", "/explain"):
+        response = client.post(route, json=record)
+        assert response.status_code in (200, 400), response.get_data(as_text=True)
+        if response.status_code == 400:
+            assert_error(response, 400, "body_mass_g")
+
+
+def test_one_null_policy_serving_takes_what_the_model_can(make_client: Factory) -> None:
+    """Nulls where train had none: XGBoost handles NaN natively, the forest imputes, categories take it."""
+    null_rows = [{**ROW, "sibsp": None}, {**ROW, "sex": None}, {**ROW, "pclass": None, "parch": None}]
+    for name in ("titanic", "forest"):
+        client = make_client(name)
+        body = ok(client.post("/predict", json=null_rows))
+        assert len(body["predictions"]) == 3
+        assert ok(client.post("/invocations", json={"dataframe_records": null_rows}))["predictions"]
+        assert ok(client.post("/explain", json=null_rows))["explanations"]
+        rows = titanic_rows(1_100)
+        rows[5] = {**rows[5], "sibsp": None}
+        fast = ok(client.post("/invocations", json=forest_split(rows)))
+        assert fast == ok(client.post("/invocations", json={"dataframe_records": rows}))
+
+
+def test_one_null_policy_matches_batch_scoring(make_client: Factory, model_dirs: dict[str, Path]) -> None:
+    """The server and predict_frame (the pyfunc model's and batch inference's path) agree on a null row."""
+    for name in ("titanic", "forest"):
+        rows = [{**ROW, "sibsp": None}, {**MAN, "sex": None}]
+        served = ok(make_client(name).post("/predict", json=rows))["predictions"]
+        predictor = load_local(model_dirs[name]).predictor
+        frame = pl.DataFrame(
+            rows,
+            schema={"pclass": pl.String, "sex": pl.String, "age": pl.Float64, "sibsp": pl.Int64, "parch": pl.Int64},
+        )
+        batch = predictor.predict_frame(frame)
+        assert [p["prediction"] for p in served] == list(batch.labels)
+        for p, row in zip(served, batch.output, strict=True):
+            assert p["probabilities"]["survived"] == pytest.approx(float(row[1]), abs=1e-6)
+
+
+def test_a_model_that_cannot_take_a_null_says_so_everywhere(
+    make_client: Factory, model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from mmp.errors import DataError
+
+    dirs = strict_copy(model_dirs, tmp_path)
+    client = make_client("strict", dirs=dirs)
+    schema = {c["name"]: c for c in ok(client.get("/metadata"))["input_schema"]}
+    assert schema["sibsp"]["nullable"] is False and schema["sex"]["nullable"] is True
+    document = ok(client.get("/openapi.json"))
+    assert document["components"]["schemas"]["Record"]["properties"]["sibsp"]["nullable"] is False
+    bad = {**ROW, "sibsp": None}
+    for route, payload in [("/predict", bad), ("/explain", bad), ("/invocations", {"instances": [bad]})]:
+        assert_error(client.post(route, json=payload), 400, "Column 'sibsp' is null", "cannot take a missing value")
+    rows = titanic_rows(1_100)
+    rows[9] = bad
+    assert_error(client.post("/invocations", json=forest_split(rows)), 400, "Column 'sibsp' is null", "row 9")
+    assert ok(client.post("/predict", json={**ROW, "sex": None}))  # a category still takes null
+    predictor = load_local(dirs["strict"]).predictor
+    frame = pl.DataFrame([bad, ROW], schema_overrides={"sibsp": pl.Int64})
+    with pytest.raises(DataError, match="Column 'sibsp' has 1 missing value"):
+        predictor.predict_frame(frame)
+    with pytest.raises(DataError, match="Column 'age' has 1 value"):
+        predictor.predict_frame(pl.DataFrame([{**ROW, "age": 1e39}]))
+
+
+def test_duplicate_split_columns_are_400(client: FlaskClient) -> None:
+    for n in (1, 1_000):
+        payload = {"dataframe_split": {"columns": [*ROW, "age"], "data": [[*ROW.values(), 50]] * n}}
+        assert_error(client.post("/invocations", json=payload), 400, "names 'age' more than once")
+
+
+def test_a_number_for_a_category_is_scored_with_a_warning(client: FlaskClient) -> None:
+    record = {**ROW, "pclass": 1}
+    body = ok(client.post("/predict", json=record))
+    assert body["prediction"] in ("died", "survived")
+    assert body["warnings"] == [
+        "Column 'pclass' got 1 number(s) that are not among its categories (first: 1); "
+        "they were scored as an unseen (missing) category"
+    ]
+    body = ok(client.post("/predict", json=[ROW, record, record]))
+    assert len(body["warnings"]) == 1 and "got 2 number(s)" in body["warnings"][0] and "row 1" in body["warnings"][0]
+    assert "warnings" in ok(client.post("/invocations", json={"instances": [record]}))
+    assert "warnings" in ok(client.post("/explain", json=record))
+    assert "warnings" not in ok(client.post("/predict", json=ROW))  # none: the body is unchanged
+
+
+def test_a_number_for_a_category_is_rejected_in_strict_mode(make_client: Factory) -> None:
+    client = make_client("titanic", ServeSettings(categorical_numbers="reject"))
+    for route, payload in [("/predict", {**ROW, "sex": 0}), ("/invocations", {"instances": [{**ROW, "sex": 0}]})]:
+        assert_error(client.post(route, json=payload), 400, "Column 'sex' is categorical", "got the number 0")
+    assert ok(client.post("/predict", json=ROW))["prediction"] == "survived"
+
+
+def test_long_values_are_cut_short_in_messages(client: FlaskClient) -> None:
+    response = client.post("/predict", json={**ROW, "age": "x" * 100_000})
+    body = assert_error(response, 400, "Column 'age' must be a number", "100002 characters")
+    assert len(body["message"]) < 300
+
+
+# --------------------------------------------------------------------------- /metrics
+
+
+def metric_lines(response: TestResponse) -> list[str]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "text/plain"
+    return [line for line in response.get_data(as_text=True).splitlines() if not line.startswith("#")]
+
+
+def sample(lines: list[str], prefix: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)]
+    return sum(values)
+
+
+def test_metrics_count_requests_latency_predictions_and_model(client: FlaskClient) -> None:
+    ok(client.post("/predict", json=[ROW, MAN, ROW]))
+    ok(client.post("/invocations", json={"instances": [MAN]}))
+    client.post("/predict", json=[])
+    client.get("/nope/a/b")
+    lines = metric_lines(client.get("/metrics"))
+    assert sample(lines, 'mmp_http_requests_total{method="POST",route="/predict",status="200"}') == 1
+    assert sample(lines, 'mmp_http_requests_total{method="POST",route="/predict",status="400"}') == 1
+    assert sample(lines, 'mmp_http_requests_total{method="GET",route="other",status="404"}') == 1
+    assert sample(lines, 'mmp_http_request_duration_seconds_count{route="/predict"}') == 2
+    assert sample(lines, 'mmp_http_request_duration_seconds_bucket{le="+Inf",route="/invocations"}') == 1
+    assert sample(lines, 'mmp_predictions_total{class="survived"}') == 2
+    assert sample(lines, 'mmp_predictions_total{class="died"}') == 2
+    info = [line for line in lines if line.startswith("mmp_model_info{")]
+    assert len(info) == 1 and 'model_uri="models:/m-titanic"' in info[0] and 'run_id="run-titanic"' in info[0]
+    assert info[0].endswith(" 1.0")
+
+
+def test_metrics_regression_counts_values(make_client: Factory) -> None:
+    client = make_client("diamonds")
+    ok(client.post("/predict", json=[RECORDS["diamonds"]] * 4))
+    assert sample(metric_lines(client.get("/metrics")), 'mmp_predictions_total{class="value"}') == 4
+
+
+def test_metrics_are_guarded_by_the_token(make_client: Factory) -> None:
+    client = make_client("titanic", token=TOKEN)
+    assert_error(client.get("/metrics"), 401, code="UNAUTHENTICATED")
+    assert metric_lines(client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}))
+    open_client = make_client("titanic", ServeSettings(metrics_auth=False), token=TOKEN)
+    assert metric_lines(open_client.get("/metrics"))
+
+
+def test_metrics_in_multiprocess_mode(
+    model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR set, samples go to the folder, and /metrics sums every worker's files."""
+    from prometheus_client import values
+
+    folder = tmp_path / "prom"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored after the test
+    first = create_app(model_dirs["titanic"], ServeSettings()).test_client()
+    second = create_app(model_dirs["titanic"], ServeSettings()).test_client()  # a second "worker"
+    ok(first.post("/predict", json=ROW))
+    ok(second.post("/predict", json=[ROW, MAN]))
+    assert any(folder.glob("*.db"))
+    lines = metric_lines(first.get("/metrics"))
+    assert sample(lines, 'mmp_http_requests_total{method="POST",route="/predict",status="200"}') == 2
+    assert sample(lines, 'mmp_predictions_total{class="survived"}') == 2
+    assert len([line for line in lines if line.startswith("mmp_model_info{")]) == 1

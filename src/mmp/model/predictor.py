@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mmp.data.preprocessing import Preprocessor
+from mmp.data.preprocessing import ColumnState, Preprocessor
+from mmp.errors import DataError
 from mmp.model.trained import TrainedModel
 
 PREPROCESSING_FILE = "preprocessing.json"
 PREDICT_METHODS = ("predict", "predict_proba")  # what `params={"predict_method": ...}` may ask for
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # models see float32: a larger finite number becomes infinity
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,58 @@ class Predictor:
     def classes(self) -> list[str]:
         return [str(c) for c in self.model.classes or []]
 
+    def takes_missing(self, column: ColumnState) -> bool:
+        """The one null policy, shared by serving, the pyfunc model and batch inference.
+
+        A missing value (null or NaN) is taken where the model can handle it: in a categorical column
+        (it is encoded like an unseen category), and in a numeric column that was nullable in train, has
+        an imputer fitted on train, or feeds a model with native missing-value support
+        (XGBoost, LightGBM, CatBoost, HistGradientBoosting).
+        """
+        return (
+            column.kind == "categorical"
+            or column.nullable
+            or column.impute is not None
+            or self.model.spec.handles_missing
+        )
+
+    @cached_property
+    def strict_columns(self) -> frozenset[str]:
+        """Input columns that cannot take a missing value (see :meth:`takes_missing`)."""
+        return frozenset(c.name for c in self.preprocessor.columns if not self.takes_missing(c))
+
+    def check_frame(self, frame: pl.DataFrame) -> None:
+        """Raise :class:`DataError` naming the column for a missing value the model cannot take, or a number
+        beyond float32's range (the models' input type), instead of a library's message or a wrong answer."""
+        for column in self.preprocessor.columns:
+            if column.name not in frame.columns or column.kind != "numeric":
+                continue
+            series = frame[column.name]
+            if not series.dtype.is_numeric():
+                continue
+            values = series.cast(pl.Float64)
+            if column.name in self.strict_columns:
+                missing = values.null_count() + (values.is_nan().sum() if values.dtype.is_float() else 0)
+                if missing:
+                    raise DataError(
+                        f"Column '{column.name}' has {missing} missing value(s), but the model was trained without "
+                        "missing values there and cannot take them (no imputer, no native missing-value support); "
+                        "fill them, or retrain with preprocessing.numeric_imputation set"
+                    )
+            too_large = int((values.abs() > FLOAT32_MAX).sum() or 0)
+            if too_large:
+                raise DataError(
+                    f"Column '{column.name}' has {too_large} value(s) beyond the model's float32 range "
+                    f"(+/-{FLOAT32_MAX:.4g}), or infinite"
+                )
+
     def predict_encoded(self, x: np.ndarray) -> Prediction:
         """The prediction for an encoded feature matrix (``preprocessor.transform`` or ``encode_rows``)."""
         return Prediction(self.task, self.classes, self.model.output(x))
 
     def predict_frame(self, frame: pl.DataFrame) -> Prediction:
+        """Raw rows as a frame (batch inference, the pyfunc model, evaluation), checked by :meth:`check_frame`."""
+        self.check_frame(frame)
         return self.predict_encoded(self.preprocessor.transform(frame))
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> Prediction:

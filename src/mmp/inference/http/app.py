@@ -36,7 +36,11 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     settings = settings or ServeSettings.from_env()
     model = load_local(Path(model_dir or os.environ[MODEL_DIR_ENV]))
     model.predictor.model.limit_threads(settings.threads_per_worker)
-    limits = Limits(max_rows=settings.max_rows, unknown_columns=settings.unknown_columns)
+    limits = Limits(
+        max_rows=settings.max_rows,
+        unknown_columns=settings.unknown_columns,
+        categorical_numbers=settings.categorical_numbers,
+    )
     token = os.environ.get(TOKEN_ENV) or None
     background = _background(model)
 
@@ -46,11 +50,12 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     app.extensions["mmp.model"] = model
     app.extensions["mmp.settings"] = settings
 
+    guarded = frozenset(SCORING_ROUTES + (("/metrics",) if settings.metrics_auth else ()))
     if token:
 
         @app.before_request
         def authorise() -> Response | None:
-            if request.path in SCORING_ROUTES and not _authorised(token):
+            if request.path in guarded and not _authorised(token):
                 message = "A bearer token is required: Authorization: Bearer <token>"
                 response = _error(RequestError(message, 401, "UNAUTHENTICATED"))
                 response.headers["WWW-Authenticate"] = "Bearer"
@@ -87,7 +92,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
             fast = protocol.matrix_from_split(payload, model.predictor, limits)
             if fast is not None:
                 request.environ[ROWS_KEY] = len(fast[0])
-                return _json(protocol.predict_mlflow_matrix(model.predictor, *fast))
+                return _json(protocol.predict_mlflow_matrix(model.predictor, *fast, observe=observe))
             rows, params = protocol.rows_from_mlflow(payload)
         elif content_type == "text/csv":
             rows, params = _csv_rows(), {}
@@ -97,36 +102,35 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
                 415,
                 "BAD_REQUEST",
             )
-        validated(rows)
-        return _json(protocol.predict_mlflow(model.predictor, rows, params))
+        warnings = validated(rows)
+        return _json(_warned(protocol.predict_mlflow(model.predictor, rows, params, observe=observe), warnings))
 
-    def validated(rows: list[protocol.Row]) -> list[protocol.Row]:
+    def validated(rows: list[protocol.Row]) -> list[str]:
         request.environ[ROWS_KEY] = len(rows)
-        protocol.validate(rows, model.predictor, limits)
-        return rows
+        return protocol.validate(rows, model.predictor, limits)
 
-    def json_records() -> tuple[list[protocol.Row], bool]:
+    def json_records() -> tuple[list[protocol.Row], bool, list[str]]:
         _require_json()
         rows, single = protocol.rows_from_predict(_json_body())
-        return validated(rows), single
+        return rows, single, validated(rows)
 
     @app.post("/predict")
     def predict() -> Response:
-        rows, single = json_records()
-        predictions = protocol.predict_records(model.predictor, rows)
-        return _json(predictions[0] if single else {"predictions": predictions})
+        rows, single, warnings = json_records()
+        predictions = protocol.predict_records(model.predictor, rows, observe=observe)
+        return _json(_warned(predictions[0] if single else {"predictions": predictions}, warnings))
 
     @app.post("/explain")
     def explain() -> Response:
-        rows, _ = json_records()
-        top_k = request.args.get("top_k", default=settings.explain_top_k, type=int)
+        top_k = _top_k(settings.explain_top_k)
+        rows, _, warnings = json_records()
         from mmp.explanation.shap import ExplainError
 
         try:
             result = protocol.explain_records(model.predictor, rows, top_k, background)
         except ExplainError as exc:
             raise RequestError(str(exc), 422, "NOT_EXPLAINABLE") from None
-        return _json(result)
+        return _json(_warned(result, warnings))
 
     @app.get("/ping")
     @app.get("/health")
@@ -162,6 +166,29 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     def metadata_route() -> Response:
         return _json(card)
 
+    from mmp.inference.http.metrics import Metrics  # imported here: see Metrics on PROMETHEUS_MULTIPROC_DIR
+
+    model_labels = {
+        "model_uri": card["model_uri"] or "",
+        "run_id": card["run_id"] or "",
+        "model_class": card["model_class"] or "",
+        "recipe": card["recipe"] or "",
+        "task": card["task"] or "",
+    }
+    metrics = Metrics(
+        {*SCORING_ROUTES, "/health", "/ping", "/ready", "/version", "/metadata", "/openapi.json", "/metrics", "/"},
+        model_labels,
+    )
+    regression = model.predictor.task == "regression"
+
+    def observe(prediction: Any) -> None:
+        metrics.count(prediction.labels, regression)
+
+    @app.get("/metrics")
+    def metrics_route() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
+
     @app.get("/openapi.json")
     def openapi() -> Response:
         return _json(document)
@@ -170,7 +197,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     def index() -> Response:
         return Response(page, mimetype="text/html")
 
-    app.wsgi_app = RequestLog(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = RequestLog(app.wsgi_app, metrics)  # type: ignore[method-assign]
     return app
 
 
@@ -181,8 +208,9 @@ class RequestLog:
     what serving one row costs in all.
     """
 
-    def __init__(self, wsgi_app: Any) -> None:
+    def __init__(self, wsgi_app: Any, metrics: Any = None) -> None:
         self.wsgi_app = wsgi_app
+        self.metrics = metrics  # mmp.inference.http.metrics.Metrics, or None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         started = time.perf_counter()
@@ -197,6 +225,11 @@ class RequestLog:
             return start_response(status_line, headers, exc_info)
 
         body = self.wsgi_app(environ, start)
+        if self.metrics is not None:
+            code = int(status[:3]) if status[:3].isdigit() else None
+            self.metrics.observe(
+                environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), code, time.perf_counter() - started
+            )
         if access_log.isEnabledFor(logging.INFO):
             line = {
                 "request_id": request_id,
@@ -218,7 +251,7 @@ def metadata(model: LocalModel) -> dict[str, Any]:
         {
             "name": column.name,
             "type": "number" if column.kind == "numeric" else "string",
-            "nullable": column.nullable or column.impute is not None,
+            "nullable": model.predictor.takes_missing(column),
             **({"categories": column.categories} if column.kind == "categorical" else {}),
         }
         for column in pre.columns
@@ -248,6 +281,21 @@ def _authorised(token: str) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, supplied = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())
+
+
+def _warned(body: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """A response body with the request's warnings, if any (values scored, but maybe not as meant)."""
+    return {**body, "warnings": warnings} if warnings else body
+
+
+def _top_k(default: int) -> int:
+    raw = request.args.get("top_k")
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 6:
+        raise RequestError(f"top_k must be a whole number from 0 to 999999, got {raw[:40]!r}")
+    return int(text)
 
 
 def _require_json() -> None:

@@ -6,11 +6,12 @@ accepts unseen categories and encodes them as missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import metadata as package_metadata
 from typing import Any
 
 from mmp.data.preprocessing import ColumnState
-from mmp.inference.http.protocol import MLFLOW_FORMATS, PREDICT_METHODS
+from mmp.inference.http.protocol import FLOAT32_MAX, MLFLOW_FORMATS, PREDICT_METHODS
 from mmp.inference.http.settings import ServeSettings
 from mmp.inference.source import LocalModel
 
@@ -50,6 +51,7 @@ def openapi_document(model: LocalModel, settings: ServeSettings | None = None) -
             "/ready": {"get": _get_json("ready", "Readiness: the model is loaded", "Ready")},
             "/version": {"get": _get_json("version", "Versions of mmp and its libraries", "Version")},
             "/metadata": {"get": _get_json("metadata", "The model card and the input schema", "Metadata")},
+            "/metrics": {"get": _metrics(settings.metrics_auth)},
             "/openapi.json": {
                 "get": _get(
                     "openapi",
@@ -74,7 +76,7 @@ def openapi_document(model: LocalModel, settings: ServeSettings | None = None) -
                 }
             },
             "schemas": {
-                "Record": _record_schema(columns, settings.unknown_columns, example),
+                "Record": _record_schema(columns, settings.unknown_columns, example, predictor.takes_missing),
                 "Records": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}, "minItems": 1},
                 "Params": {
                     "type": "object",
@@ -88,7 +90,8 @@ def openapi_document(model: LocalModel, settings: ServeSettings | None = None) -
                 "Predictions": {
                     "type": "object",
                     "properties": {
-                        "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}
+                        "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                        "warnings": _WARNINGS,
                     },
                     "required": ["predictions"],
                 },
@@ -165,27 +168,33 @@ def openapi_document(model: LocalModel, settings: ServeSettings | None = None) -
 # --------------------------------------------------------------------------- input records
 
 
-def _record_schema(columns: list[ColumnState], unknown_columns: str, example: dict[str, Any]) -> Schema:
+def _record_schema(
+    columns: list[ColumnState],
+    unknown_columns: str,
+    example: dict[str, Any],
+    takes_missing: Callable[[ColumnState], bool],
+) -> Schema:
     return {
         "type": "object",
         "description": "One row of raw input values, keyed by column name. Every column is required; "
         "a nullable column takes null."
         + (" Unknown columns are ignored." if unknown_columns == "ignore" else " Unknown columns are rejected."),
-        "properties": {column.name: _column_schema(column) for column in columns},
+        "properties": {column.name: _column_schema(column, takes_missing(column)) for column in columns},
         "required": [column.name for column in columns],
         "additionalProperties": unknown_columns == "ignore",
         "example": example,
     }
 
 
-def _column_schema(column: ColumnState) -> Schema:
-    nullable = column.nullable or column.impute is not None
+def _column_schema(column: ColumnState, nullable: bool) -> Schema:
     null_note = " May be null." if nullable else ""
     if column.kind == "numeric":
         return {
             "type": "number",
             "nullable": nullable,
-            "description": f"Numeric (trained on {column.dtype}).{null_note}",
+            "minimum": -FLOAT32_MAX,
+            "maximum": FLOAT32_MAX,
+            "description": f"Numeric (trained on {column.dtype}), within float32's range.{null_note}",
         }
     listed = ", ".join(column.categories[:_LISTED_CATEGORIES])
     more = (
@@ -197,7 +206,9 @@ def _column_schema(column: ColumnState) -> Schema:
         "type": "string",
         "nullable": nullable,
         "description": f"Categorical. Known categories: {listed}{more}. "
-        f"Other values are accepted and encoded as an unseen (missing) category.{null_note}",
+        f"Other values are accepted and encoded as an unseen (missing) category; a number that is not "
+        f"one of them is scored so too, with a note in the response's warnings (or a 400 when the server "
+        f"runs with categorical_numbers: reject).{null_note}",
         "x-known-categories": list(column.categories),
     }
 
@@ -270,14 +281,27 @@ def _probabilities(classes: list[str]) -> Schema:
     }
 
 
+_WARNINGS: Schema = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "Present when some values were scored but maybe not as meant "
+    "(a number sent for a categorical column that is not one of its categories)",
+}
+
+
 def _prediction_schema(task: str, classes: list[str]) -> Schema:
     if task == "regression":
-        return {"type": "object", "properties": {"prediction": {"type": "number"}}, "required": ["prediction"]}
+        return {
+            "type": "object",
+            "properties": {"prediction": {"type": "number"}, "warnings": _WARNINGS},
+            "required": ["prediction"],
+        }
     return {
         "type": "object",
         "properties": {
             "prediction": {"type": "string", "enum": classes, "description": "The most probable class"},
             "probabilities": _probabilities(classes),
+            "warnings": _WARNINGS,
         },
         "required": ["prediction", "probabilities"],
     }
@@ -295,7 +319,7 @@ def _mlflow_predictions_schema(task: str, classes: list[str]) -> Schema:
         }
     return {
         "type": "object",
-        "properties": {"predictions": {"type": "array", "items": item}},
+        "properties": {"predictions": {"type": "array", "items": item}, "warnings": _WARNINGS},
         "required": ["predictions"],
     }
 
@@ -338,6 +362,7 @@ def _explanations_schema(task: str) -> Schema:
             "explainer": {"type": "string", "example": "xgboost.pred_contribs"},
             "output_space": {"type": "string", "example": "log-odds"},
             "explanations": {"type": "array", "items": item},
+            "warnings": _WARNINGS,
         },
         "required": ["explainer", "output_space", "explanations"],
     }
@@ -517,7 +542,7 @@ def _explain(example: dict[str, Any], top_k: int) -> Schema:
                 "in": "query",
                 "required": False,
                 "description": "How many of the largest contributions to list in `top`",
-                "schema": {"type": "integer", "minimum": 0, "default": top_k},
+                "schema": {"type": "integer", "minimum": 0, "maximum": 999_999, "default": top_k},
             },
             _REQUEST_ID,
         ],
@@ -538,6 +563,21 @@ def _get(operation_id: str, summary: str, response: Schema) -> Schema:
         "security": [],
         "responses": {"200": response},
     }
+
+
+def _metrics(guarded: bool) -> Schema:
+    operation = _get(
+        "metrics",
+        "Prometheus metrics of every worker: requests by route and status, latency, predictions by class, model",
+        {
+            "description": "The Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+    )
+    if guarded:
+        operation["security"] = _BEARER
+        operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    return operation
 
 
 def _get_json(operation_id: str, summary: str, schema_name: str) -> Schema:

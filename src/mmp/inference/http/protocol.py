@@ -6,7 +6,7 @@ MLflow's scoring server would use and a message that names the column and the pr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from mmp.data.preprocessing import ColumnState
-from mmp.model.predictor import PREDICT_METHODS, Predictor
+from mmp.model.predictor import FLOAT32_MAX, PREDICT_METHODS, Prediction, Predictor
 
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 FRAME_MIN_ROWS = 1_000  # dataframe_split bodies this large are checked and encoded column-wise
@@ -37,6 +37,7 @@ class RequestError(Exception):
 class Limits:
     max_rows: int = 100_000
     unknown_columns: str = "reject"  # reject | ignore
+    categorical_numbers: str = "warn"  # a number for a categorical column: warn (score it as text) | reject
 
 
 Row = dict[str, Any]
@@ -85,6 +86,9 @@ def _split_rows(data: Any) -> list[Row]:
         raise RequestError("dataframe_split.columns must be a list of column names")
     if not isinstance(values, list):
         raise RequestError("dataframe_split.data must be a list of rows")
+    if len(set(columns)) != len(columns):
+        duplicates = sorted({c for c in columns if columns.count(c) > 1})
+        raise RequestError(f"dataframe_split.columns names {', '.join(map(repr, duplicates))} more than once")
     rows = []
     for index, row in enumerate(values):
         if not isinstance(row, list) or len(row) != len(columns):
@@ -133,6 +137,7 @@ def matrix_from_split(payload: Any, predictor: Predictor, limits: Limits) -> tup
     if len(set(names)) != width or any(type(row) is not list or len(row) != width for row in values):
         return None
     pre = predictor.preprocessor
+    strict = predictor.strict_columns
     known = {column.name for column in pre.columns}
     if limits.unknown_columns == "reject" and not set(names) <= known:
         return None
@@ -144,7 +149,7 @@ def matrix_from_split(payload: Any, predictor: Predictor, limits: Limits) -> tup
             return None
         types = set(map(type, cells))
         has_null = type(None) in types
-        if has_null and not (column.nullable or column.impute is not None):
+        if has_null and column.name in strict:
             return None
         if column.kind == "numeric":
             if not types <= {int, float, type(None)}:
@@ -152,25 +157,34 @@ def matrix_from_split(payload: Any, predictor: Predictor, limits: Limits) -> tup
             numbers = pl.Series(column.name, cells, dtype=pl.Float64)
             if float in types and (numbers.is_infinite().any() or numbers.is_nan().any()):
                 return None
+            if (numbers.abs().max() or 0) > FLOAT32_MAX:  # type: ignore[operator]
+                return None
             series.append(numbers)
         elif types <= {str, type(None)}:
             series.append(pl.Series(column.name, cells, dtype=pl.String))
         else:
             return None  # numbers in a categorical column: the row path's str() is the reference
-    return pre.transform(pl.DataFrame(series)), params
+    return finite(predictor, pre.transform(pl.DataFrame(series))), params
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def validate(rows: Sequence[Mapping[str, Any]], predictor: Predictor, limits: Limits) -> None:
-    """Check rows against the training schema; raise RequestError naming the column and the problem."""
+def validate(rows: Sequence[Mapping[str, Any]], predictor: Predictor, limits: Limits) -> list[str]:
+    """Check rows against the training schema; raise RequestError naming the column and the problem.
+
+    Returns warnings for values that are scored but probably not what the client meant: a number sent for
+    a categorical column that is not one of its categories (scored as an unseen category). With
+    ``limits.categorical_numbers == "reject"`` those are a 400 instead.
+    """
     if not rows:
         raise RequestError("No rows to score; send at least one record")
     if len(rows) > limits.max_rows:
         raise RequestError(f"{len(rows)} rows in one request; the limit is {limits.max_rows}, split the request")
     columns = predictor.preprocessor.columns
     known = {column.name for column in columns}
+    strict = predictor.strict_columns
+    odd: dict[str, list[Any]] = {}  # categorical column -> [first row, first value, count]
     for index, row in enumerate(rows):
         where = f" (row {index})" if len(rows) > 1 else ""
         if limits.unknown_columns == "reject":
@@ -183,44 +197,104 @@ def validate(rows: Sequence[Mapping[str, Any]], predictor: Predictor, limits: Li
         for column in columns:
             if column.name not in row:
                 raise RequestError(f"Missing column '{column.name}'{where}; every model input column is required")
-            _check_value(column, row[column.name], where)
+            value = row[column.name]
+            if _check_value(column, value, where, column.name in strict):
+                if limits.categorical_numbers == "reject":
+                    raise RequestError(
+                        f"Column '{column.name}' is categorical and takes text{where}, got the number {value!r} "
+                        f"(not one of its categories); send its category as a string"
+                    )
+                seen = odd.setdefault(column.name, [index, value, 0])
+                seen[2] += 1
+    return [
+        f"Column '{name}' got {count} number(s) that are not among its categories (first: {value!r}"
+        f"{f' in row {index}' if len(rows) > 1 else ''}); they were scored as an unseen (missing) category"
+        for name, (index, value, count) in odd.items()
+    ]
 
 
-def _check_value(column: ColumnState, value: Any, where: str) -> None:
+def _check_value(column: ColumnState, value: Any, where: str, strict: bool) -> bool:
+    """Raise RequestError for a value the model cannot take; True for a number that is not a known category."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        if not (column.nullable or column.impute is not None):
+        if strict:
             raise RequestError(
-                f"Column '{column.name}' is null{where}, but the model was trained without missing values there"
+                f"Column '{column.name}' is null{where}, but the model cannot take a missing value there "
+                "(trained without missing values, no imputer, no native missing-value support)"
             )
-        return
+        return False
     if column.kind == "numeric":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RequestError(f"Column '{column.name}' must be a number{where}, got {value!r}")
+            raise RequestError(f"Column '{column.name}' must be a number{where}, got {_short(value)}")
         if isinstance(value, float) and math.isinf(value):
             raise RequestError(f"Column '{column.name}' must be finite{where}, got {value!r}")
-    elif not isinstance(value, (str, int, float, bool)):
+        if abs(value) > FLOAT32_MAX:
+            raise RequestError(
+                f"Column '{column.name}' must be within the model's float32 range (+/-{FLOAT32_MAX:.4g}){where}, "
+                f"got {_short(value)}"
+            )
+        return False
+    if isinstance(value, str):
+        return False
+    if not isinstance(value, (int, float, bool)):
         raise RequestError(f"Column '{column.name}' must be a text value{where}, got {type(value).__name__}")
+    return str(value) not in _categories(column)
+
+
+def _categories(column: ColumnState) -> frozenset[str]:
+    known = column.__dict__.get("_known")
+    if known is None:
+        known = column.__dict__["_known"] = frozenset(column.categories)
+    return known
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A client's value for a message: repr, cut short (a 1 MB string does not come back whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def finite(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    """The encoded matrix, or a RequestError naming the column whose value overflowed to infinity in
+    float32 (a scaled column near float32's limit): every model takes float32 inputs."""
+    if np.isinf(x).any():
+        column = predictor.preprocessor.feature_groups[int(np.flatnonzero(np.isinf(x).any(axis=0))[0])]
+        raise RequestError(f"Column '{column}' has a value too large for the model (float32) once scaled")
+    return x
 
 
 # --------------------------------------------------------------------------- predicting
 
 
-def predict_mlflow(predictor: Predictor, rows: list[Row], params: dict[str, Any]) -> dict[str, Any]:
+Observe = Callable[[Prediction], None]  # sees each request's prediction (the server's metrics)
+
+
+def predict_mlflow(
+    predictor: Predictor, rows: list[Row], params: dict[str, Any], observe: Observe | None = None
+) -> dict[str, Any]:
     """The MLflow response: what ``pyfunc.load_model(...).predict`` returns, JSON-encoded."""
-    return predict_mlflow_matrix(predictor, predictor.preprocessor.encode_rows(rows), params)
+    x = finite(predictor, predictor.preprocessor.encode_rows(rows))
+    return predict_mlflow_matrix(predictor, x, params, observe=observe)
 
 
-def predict_mlflow_matrix(predictor: Predictor, x: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
+def predict_mlflow_matrix(
+    predictor: Predictor, x: np.ndarray, params: dict[str, Any], observe: Observe | None = None
+) -> dict[str, Any]:
     """:func:`predict_mlflow` from an encoded feature matrix."""
     method = params.get("predict_method", "predict")
     if method not in PREDICT_METHODS:
-        raise RequestError(f"params.predict_method must be one of {', '.join(PREDICT_METHODS)}, got {method!r}")
-    return {"predictions": predictor.predict_encoded(x).values(method)}
+        raise RequestError(f"params.predict_method must be one of {', '.join(PREDICT_METHODS)}, got {_short(method)}")
+    prediction = predictor.predict_encoded(x)
+    if observe is not None:
+        observe(prediction)
+    return {"predictions": prediction.values(method)}
 
 
-def predict_records(predictor: Predictor, rows: list[Row]) -> list[dict[str, Any]]:
+def predict_records(predictor: Predictor, rows: list[Row], observe: Observe | None = None) -> list[dict[str, Any]]:
     """``/predict``: a prediction per row, with labelled class probabilities for classifiers."""
-    return predictor.predict_rows(rows).records()
+    prediction = predictor.predict_encoded(finite(predictor, predictor.preprocessor.encode_rows(rows)))
+    if observe is not None:
+        observe(prediction)
+    return prediction.records()
 
 
 def explain_records(predictor: Predictor, rows: list[Row], top_k: int, background: np.ndarray | None) -> dict[str, Any]:
@@ -231,7 +305,7 @@ def explain_records(predictor: Predictor, rows: list[Row], top_k: int, backgroun
     from mmp.explanation import shap
 
     pre, model = predictor.preprocessor, predictor.model
-    x = pre.encode_rows(rows)
+    x = finite(predictor, pre.encode_rows(rows))
     explanation = shap.explain(model, x, pre.feature_groups, background=background)
     predictions = predictor.predict_encoded(x).records()
     classes = [str(c) for c in predictor.classes]
