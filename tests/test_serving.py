@@ -133,7 +133,7 @@ BAD = {
     "unknown column": ({**ROW, "cabin": "C85"}, 400, ["Unknown column(s) 'cabin'"]),
     "wrong type": ({**ROW, "age": "abc"}, 400, ["Column 'age' must be a number", "'abc'"]),
     "boolean for a number": ({**ROW, "sibsp": True}, 400, ["Column 'sibsp' must be a number"]),
-    "null the model cannot take": ({**ROW, "sex": None}, 400, ["Column 'sex' is null"]),
+    "beyond float32": ({**ROW, "age": 1e39}, 400, ["Column 'age' must be within the model's float32 range"]),
     "not a record": ("[1, 2]", 400, ["body item 0 must be an object"]),
     "not JSON": ("{not json", 400, ["not valid JSON"]),
     "empty list": ([], 400, ["No rows to score"]),
