@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from mmp.tracking import orphans
 
 STAGE_IN_ITS_GROUP = """
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from mmp.config import load_config
 from mmp.tracking.recorder import RecordedRun, for_stage
@@ -204,3 +207,100 @@ def test_a_dotted_experiment_name_stays_inside_the_store(tmp_path: Path) -> None
     shutil.copytree(REPO / "conf", tmp_path / "conf")
     config = load_config(root=tmp_path, overrides=["mlflow.experiment_name=../models/x"])
     assert experiment_folder(config, tmp_path) == (tmp_path / "mlruns" / ".._models_x").resolve()
+
+
+# --------------------------------------------------------------------------- 8, 9: local store failures
+
+
+def test_a_path_error_is_the_stores_when_the_path_is_in_the_store(tmp_path: Path) -> None:
+    from mmp.tracking import is_store_failure
+
+    store = [tmp_path / "mlruns"]
+    in_store = NotADirectoryError(20, "Not a directory", str(tmp_path / "mlruns" / "mmp" / "models" / "m-1"))
+    in_outputs = FileNotFoundError(2, "No such file or directory", str(tmp_path / "models" / "model.json"))
+    assert is_store_failure(in_store, store)
+    assert not is_store_failure(in_outputs, store)
+    assert not is_store_failure(in_store)  # without the store's paths: mmp's problem, as before
+    copy = shutil.Error([("/tmp/a", str(tmp_path / "mlruns" / "a"), "[Errno 28] No space left on device")])
+    assert is_store_failure(copy, store)
+
+
+def test_a_full_disk_is_named_as_such() -> None:
+    from mmp.tracking.store import describe_failure, is_out_of_space
+
+    full = OSError(28, "No space left on device", "/tmp/source.bin", None, "/store/mlruns/x.bin")
+    assert is_out_of_space(full)
+    message = describe_failure("sqlite:////store/mlflow.db", full)
+    assert message.startswith("No space left on device at /store/mlruns/x.bin")
+    assert "permission" not in message
+    copy = shutil.Error([("/tmp/a", "/store/mlruns/a", "[Errno 28] No space left on device: '/tmp/a'")])
+    assert is_out_of_space(copy)
+    assert "No space left on device at /store/mlruns/a" in describe_failure("sqlite:////store/mlflow.db", copy)
+
+
+def _ready_models(project: Project, run_id: str) -> list[str]:
+    import mlflow
+
+    mlflow.set_tracking_uri(project.tracking_uri)
+    run = project.client().get_run(run_id)
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+    return [str(model.status) for model in models]
+
+
+@pytest.mark.slow
+def test_a_local_store_error_is_deferred_to_mmp_mirror(project: Project) -> None:
+    (project.root / "mlruns" / "mmp").mkdir(parents=True)
+    (project.root / "mlruns" / "mmp" / "models").write_text("a file where the models folder belongs\n")
+    result = project.mmp("train")
+    assert "Not a directory" in result.stderr and "Run `mmp mirror`" in result.stderr
+    records = list((project.root / ".mmp" / "pending").glob("train-*.json"))
+    assert len(records) == 1
+    outputs = json.loads(records[0].read_text())["outputs"]
+    assert outputs and all((project.root / name).exists() for name in outputs)  # the stage's outputs stay
+    run_id = records[0].stem.split("-", 1)[1]
+
+    (project.root / "mlruns" / "mmp" / "models").unlink()
+    project.mmp("mirror")
+    assert project.client().get_run(run_id).info.status == "FINISHED"
+    assert "READY" in _ready_models(project, run_id)
+
+
+@pytest.fixture()
+def full_store(project: Project) -> Iterator[Path]:
+    """A 2 MB tmpfs on the project's artifact folder, nearly full (root only)."""
+    store = project.root / "mlruns"
+    store.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(store)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (store / "filler").write_bytes(os.urandom(1_900_000))
+        yield store
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_artifact_store_fails_the_stage_and_leaves_no_truncated_model(
+    project: Project, full_store: Path
+) -> None:
+    result = project.mmp("train", check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mmp: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "No space left on device at " + str(full_store) in errors[0]
+    assert "mmp mirror" in errors[0]
+    assert "Traceback" not in result.stderr
+    # Nothing of the failed model is left in the store to be loaded.
+    assert not [path for path in (full_store / "mmp" / "models").glob("*") if path.is_dir()]
+    (record,) = (project.root / ".mmp" / "pending").glob("train-*.json")
+    run_id = record.stem.split("-", 1)[1]
+    assert project.client().get_run(run_id).info.status == "FAILED"
+    assert "READY" not in _ready_models(project, run_id)
+
+    (full_store / "filler").unlink()  # space freed: the record completes the run
+    project.mmp("mirror")
+    assert project.client().get_run(run_id).info.status == "FINISHED"
+    assert "READY" in _ready_models(project, run_id)

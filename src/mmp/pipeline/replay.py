@@ -12,6 +12,7 @@ from mmp.pipeline.explain import _mirror_explain
 from mmp.pipeline.prepare import _mirror_prepare
 from mmp.pipeline.train import _mirror_train
 from mmp.tracking import pending
+from mmp.tracking.store import store_paths
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def remirror_pending(root: Path) -> list[pending.PendingMirror]:
                     tracking.log_late_artifacts(config, record.extras)
                 log.info("mirrored the %s stage into run %s", record.stage, record.run_id)
         except Exception as exc:
-            if not tracking.is_store_failure(exc):
+            if not tracking.is_store_failure(exc, store_paths(config)):
                 raise
             uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri, tracking_root(root))
             raise TrackingError(tracking.describe_failure(uri, exc, config.mlflow.experiment_name)) from None

@@ -213,9 +213,11 @@ class RecordedRun:
             self._info = _run_info(_answer(self._recorder.receive()))
         return self._info
 
-    def mirror(self, extras: dict[str, Any], outputs: list[Path], meanwhile: Callable[[], None] | None) -> str | None:
+    def mirror(
+        self, extras: dict[str, Any], outputs: list[Path], meanwhile: Callable[[], None] | None
+    ) -> tuple[str | None, bool]:
         """Mirror the finished stage in the recorder, running ``meanwhile`` here as it does; the warning if the
-        store deferred the mirror, else None."""
+        store deferred the mirror (else None), and whether the deferral is fatal (a full disk)."""
         command = {
             "op": "mirror",
             "tags": self._tags,
@@ -235,7 +237,7 @@ class RecordedRun:
             self._recorder.close()  # the mirror ends the run: the recorder is done
         if answer.get("run"):
             self._info = self._info or _run_info(answer)
-        return answer.get("deferred")
+        return answer.get("deferred"), bool(answer.get("fatal"))
 
     def end(self, exc: BaseException | None) -> None:
         """End the run: FINISHED, or FAILED/KILLED with the error (a no-op once mirrored)."""
@@ -314,10 +316,11 @@ def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]
     first = next(commands, None)
     if first is None:
         return  # the stage stopped before its run block (bad data, say): it has no run
-    deferred = None
+    deferred, fatal = None, False
     run = None
     try:
-        with tracking.stage_run(config, stage, lazy=True, started_ms=opening["started_ms"]) as run:
+        started_ms = opening["started_ms"]
+        with tracking.stage_run(config, stage, lazy=True, started_ms=started_ms, raise_fatal=False) as run:
             for command in itertools.chain([first], commands):
                 run.add_tags(command.get("tags", {}))
                 op = command["op"]
@@ -343,7 +346,7 @@ def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]
                     try:
                         tracking.mirror(config, stage, run, mirror_fn, command["extras"], outputs, meanwhile)
                     except tracking.MirrorDeferred as exc:
-                        deferred = str(exc)
+                        deferred, fatal = str(exc), exc.fatal
                         raise
                     break
                 elif op == "finish":
@@ -358,7 +361,7 @@ def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]
         log.debug("recording the %s run failed", stage, exc_info=True)
         reply({"error": redact(" ".join(str(exc).split())) or type(exc).__name__})
     else:
-        reply({**info(run), "deferred": deferred} if run is not None else {})
+        reply({**info(run), "deferred": deferred, "fatal": fatal} if run is not None else {})
 
 
 def _stopped(command: dict[str, Any]) -> Exception:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 import time
 import warnings
@@ -20,7 +21,7 @@ from mmp.config import Config
 from mmp.errors import Pruned, TrackingError
 from mmp.redaction import redact
 from mmp.tracking.orphans import owner_tags
-from mmp.tracking.store import describe_failure, is_store_failure, setup
+from mmp.tracking.store import describe_failure, is_out_of_space, is_store_failure, setup, store_paths
 from mmp.tracking.tags import TAG_PREFIX, _run_name, common_tags, params_of
 
 if TYPE_CHECKING:
@@ -39,7 +40,14 @@ log = logging.getLogger(__name__)
 
 
 class MirrorDeferred(Exception):
-    """The store failed while a finished stage was being mirrored; its outputs stay, a record is pending."""
+    """The store failed while a finished stage was being mirrored; its outputs stay, a record is pending.
+
+    ``fatal`` (a full disk): the stage must still fail, with this message, once its run is ended.
+    """
+
+    def __init__(self, message: str, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,7 @@ def stage_run(
     lazy: bool = False,
     recorder: Recorder | None = None,
     started_ms: int | None = None,
+    raise_fatal: bool = True,
 ) -> Iterator[StageRun | RecordedRun]:
     """One MLflow run for one stage execution; FAILED (never RUNNING) if the stage raises.
 
@@ -139,6 +148,8 @@ def stage_run(
     ``resume_run_id`` reopens an existing run instead (``mmp mirror``). A :class:`MirrorDeferred` raised
     by :func:`mirror` ends the block quietly: the stage's work is done and only its mirror is pending.
     With a ``recorder`` (:func:`start_recorder`) the run is kept by that process; the block is the same.
+    A fatal deferral (a full disk) then raises a TrackingError, unless ``raise_fatal`` is off (the recorder,
+    which tells the stage instead).
     """
     if recorder is not None:
         with _recorded_stage_run(recorder, tags or {}) as recorded:
@@ -151,11 +162,14 @@ def stage_run(
         yield run
         run.start()  # a block that never used its run still records one
     except MirrorDeferred as deferred:
-        log.warning("%s", deferred)
+        if not deferred.fatal:
+            log.warning("%s", deferred)
         import mlflow
 
         with contextlib.suppress(Exception):
             mlflow.end_run(status="FAILED")  # if the store is back already; `mmp mirror` resumes it either way
+        if deferred.fatal and raise_fatal:
+            raise TrackingError(str(deferred)) from None
     except BaseException as exc:
         status = getattr(exc, "run_status", None) or failed_status(exc)
         with contextlib.suppress(Exception):
@@ -205,8 +219,10 @@ def _recorded_stage_run(recorder: Recorder, tags: dict[str, str]) -> Iterator[Re
     run = RecordedRun(recorder, tags)
     try:
         yield run
-    except MirrorDeferred:
-        pass  # the recorder logged it
+    except MirrorDeferred as deferred:
+        if deferred.fatal:  # a full disk: the stage fails, its record pending
+            raise TrackingError(str(deferred)) from None
+        # else the recorder logged it
     except BaseException as exc:
         try:
             run.end(exc)
@@ -240,8 +256,9 @@ def mirror(
     record is written for ``mmp mirror`` and :class:`MirrorDeferred` ends the stage's run block.
     """
     if not isinstance(run, StageRun):  # kept by a recorder process, which mirrors it
-        if warning := run.mirror(extras, outputs, meanwhile):
-            raise MirrorDeferred(warning)
+        warning, fatal = run.mirror(extras, outputs, meanwhile)
+        if warning:
+            raise MirrorDeferred(warning, fatal)
         return
     import mlflow
 
@@ -257,14 +274,47 @@ def mirror(
         log_late_artifacts(config, extras)
         mlflow.end_run(status="FINISHED")
     except Exception as exc:
-        if not is_store_failure(exc):
+        if not is_store_failure(exc, store_paths(config)):
             raise
+        discard_incomplete_models(run.info.run_id)
         reason = describe_failure(mlflow.get_tracking_uri(), exc, config.mlflow.experiment_name)
         pending.save(config, stage, run.info.run_id, extras, outputs, reason)
+        fatal = is_out_of_space(exc)
+        then = "Then run `mmp mirror` to complete it" if fatal else "Run `mmp mirror` once the store is back"
         raise MirrorDeferred(
             f"The {stage} stage finished and kept its outputs, but its MLflow run {run.info.run_id} is incomplete: "
-            f"{reason}. Run `mmp mirror` once the store is back"
+            f"{reason}. {then}",
+            fatal,
         ) from None
+
+
+def discard_incomplete_models(run_id: str) -> None:
+    """Remove what a failed ``log_model`` left in a local store: models of the run that are not READY are
+    marked FAILED and their partial files deleted, so nothing loads a truncated model."""
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient()
+        experiment_id = client.get_run(run_id).info.experiment_id
+        models = mlflow.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+        )
+    except Exception:  # the store is failing: nothing more to do here
+        log.debug("listing the run's models failed", exc_info=True)
+        return
+    for model in models:
+        if str(model.status) == "READY":
+            continue
+        with contextlib.suppress(Exception):
+            from mlflow.entities import LoggedModelStatus
+
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        location = str(model.artifact_location or "")
+        if location.startswith("file:"):
+            from urllib.parse import unquote, urlparse
+
+            folder = Path(unquote(urlparse(location).path))
+            shutil.rmtree(folder.parent if folder.name == "artifacts" else folder, ignore_errors=True)
 
 
 def log_late_artifacts(config: Config, extras: dict[str, Any]) -> None:

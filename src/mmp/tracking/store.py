@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,12 +180,41 @@ def http_status(exc: BaseException) -> int | None:
     return int(next(group for group in match.groups() if group)) if match else None
 
 
-def is_store_failure(exc: BaseException) -> bool:
-    """True when the tracking store (not mmp, not the data) failed: unreachable, refused, or erroring."""
+def store_paths(config: Config) -> list[Path]:
+    """The local files and folders of the store: its artifact folder, its SQLite file or file store."""
+    store_root = tracking_root(config.root)
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
+    paths = []
+    if config.mlflow.artifact_location:
+        paths.append((store_root / config.mlflow.artifact_location).resolve())
+    if uri.startswith("sqlite:///"):
+        paths.append(Path(uri[len("sqlite:///") :]))
+    elif uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        paths.append(Path(unquote(urlparse(uri).path)))
+    return paths
+
+
+def _under(path: str | None, roots: list[Path]) -> bool:
+    if not path:
+        return False
+    resolved = Path(os.path.abspath(path))
+    return any(resolved == root or root in resolved.parents for root in roots)
+
+
+def is_store_failure(exc: BaseException, store: list[Path] | None = None) -> bool:
+    """True when the tracking store (not mmp, not the data) failed: unreachable, refused, or erroring.
+
+    A missing file or a file where a folder should be is the store's failure when its path lies in the
+    store (``store``: :func:`store_paths`), and mmp's (a missing output) anywhere else.
+    """
     import requests
 
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-        return False  # a missing output file is mmp's problem, not the store's
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return _under(exc.filename, store or []) or _under(exc.filename2, store or [])
+    if isinstance(exc, shutil.Error):  # a failed copy into the store
+        return _under(os_failure(exc)[1], store or [])
     if isinstance(exc, (OSError, requests.RequestException)):
         return True
     text = str(exc)
@@ -191,6 +222,26 @@ def is_store_failure(exc: BaseException) -> bool:
     return (status is not None and (status in (401, 403, 429) or status >= 500)) or any(
         pattern in text for pattern, _ in _UNREACHABLE
     )
+
+
+def os_failure(exc: BaseException) -> tuple[int | None, str | None]:
+    """The errno and the path written to (the destination of a copy) of an OS error, else (None, None).
+
+    ``shutil.Error`` (a failed copytree) holds a list of (source, destination, message) instead.
+    """
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        first = exc.args[0][0]
+        if isinstance(first, tuple) and len(first) == 3:
+            code = re.search(r"\[Errno (\d+)\]", str(first[2]))
+            return (int(code.group(1)) if code else None), str(first[1])
+    if isinstance(exc, OSError):
+        return exc.errno, exc.filename2 or exc.filename
+    return None, None
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """A full disk or quota: the stage must not report success (its record is still kept for ``mmp mirror``)."""
+    return os_failure(exc)[0] in (errno.ENOSPC, errno.EDQUOT)
 
 
 def describe_failure(uri: str, exc: BaseException, experiment: str | None = None) -> str:
@@ -221,6 +272,12 @@ def describe_failure(uri: str, exc: BaseException, experiment: str | None = None
     if status is not None and status >= 500:
         return f"MLflow server {uri} answered HTTP {status}; see the server's log"
     local = not uri.startswith(("http://", "https://"))
+    code, path = os_failure(exc)
+    if local and code is not None and "unable to open database" not in text:
+        where = path or uri
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return f"No space left on device at {where} (MLflow store {uri}); free space there"
+        return f"MLflow store {uri} cannot write {where}: {os.strerror(code)}; fix or remove that path"
     if "unable to open database file" in text or (local and isinstance(exc, OSError)):
         return (
             f"MLflow store {uri} cannot be opened; its folder must exist and be writable by you "
