@@ -123,7 +123,8 @@ def test_openapi_record_lists_categories_without_enforcing_them() -> None:
     assert record["required"] == ["colour", "size", "count"]
     assert record["additionalProperties"] is False
     colour, size, count = (record["properties"][name] for name in ("colour", "size", "count"))
-    assert colour["type"] == "string" and "enum" not in colour
+    # a string, or a number taken as its text (categorical_numbers: warn)
+    assert [option["type"] for option in colour["anyOf"]] == ["string", "number", "boolean"] and "enum" not in colour
     assert colour["x-known-categories"] == ["red", "green", "blue"]
     assert "red, green, blue" in colour["description"]
     assert size == {**size, "type": "number", "nullable": True}  # imputed: null is accepted

@@ -159,7 +159,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
 
     # Built once per worker: none of them change while the server runs.
     card = metadata(model)
-    document = openapi_document(model, settings)
+    document = openapi_document(model, settings, token_required=bool(token))
     page = render_page(card, token_required=bool(token))
 
     @app.get("/metadata")

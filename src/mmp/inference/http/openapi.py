@@ -22,9 +22,25 @@ _BEARER = [{"bearerAuth": []}]
 _LISTED_CATEGORIES = 20  # in a description; x-known-categories has them all
 
 
-def openapi_document(model: LocalModel, settings: ServeSettings | None = None) -> dict[str, Any]:
-    """The OpenAPI document of every route, with request and response bodies for ``model``."""
+def openapi_document(
+    model: LocalModel, settings: ServeSettings | None = None, token_required: bool = True
+) -> dict[str, Any]:
+    """The OpenAPI document of every route, with request and response bodies for ``model``.
+
+    ``token_required``: the server runs with MMP_API_TOKEN set. Without a token no route takes one, and the
+    document says so (no security requirement, no 401 answer).
+    """
     settings = settings or ServeSettings()
+    document = _document(model, settings)
+    if not token_required:
+        for item in document["paths"].values():
+            for operation in item.values():
+                operation["security"] = []
+                operation["responses"].pop("401", None)
+    return document
+
+
+def _document(model: LocalModel, settings: ServeSettings) -> dict[str, Any]:
     card, predictor = model.card, model.predictor
     columns = predictor.preprocessor.columns
     classes = [str(c) for c in predictor.classes]
@@ -76,7 +92,7 @@ def openapi_document(model: LocalModel, settings: ServeSettings | None = None) -
                 }
             },
             "schemas": {
-                "Record": _record_schema(columns, settings.unknown_columns, example, predictor.takes_missing),
+                "Record": _record_schema(columns, settings, example, predictor.takes_missing),
                 "Records": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}, "minItems": 1},
                 "Params": {
                     "type": "object",
@@ -170,7 +186,7 @@ def openapi_document(model: LocalModel, settings: ServeSettings | None = None) -
 
 def _record_schema(
     columns: list[ColumnState],
-    unknown_columns: str,
+    settings: ServeSettings,
     example: dict[str, Any],
     takes_missing: Callable[[ColumnState], bool],
 ) -> Schema:
@@ -178,15 +194,22 @@ def _record_schema(
         "type": "object",
         "description": "One row of raw input values, keyed by column name. Every column is required; "
         "a nullable column takes null."
-        + (" Unknown columns are ignored." if unknown_columns == "ignore" else " Unknown columns are rejected."),
-        "properties": {column.name: _column_schema(column, takes_missing(column)) for column in columns},
+        + (
+            " Unknown columns are ignored."
+            if settings.unknown_columns == "ignore"
+            else " Unknown columns are rejected."
+        ),
+        "properties": {
+            column.name: _column_schema(column, takes_missing(column), settings.categorical_numbers == "warn")
+            for column in columns
+        },
         "required": [column.name for column in columns],
-        "additionalProperties": unknown_columns == "ignore",
+        "additionalProperties": settings.unknown_columns == "ignore",
         "example": example,
     }
 
 
-def _column_schema(column: ColumnState, nullable: bool) -> Schema:
+def _column_schema(column: ColumnState, nullable: bool, numbers_for_categories: bool) -> Schema:
     null_note = " May be null." if nullable else ""
     if column.kind == "numeric":
         return {
@@ -202,14 +225,23 @@ def _column_schema(column: ColumnState, nullable: bool) -> Schema:
         if len(column.categories) > _LISTED_CATEGORIES
         else ""
     )
-    return {
+    text: Schema = {
         "type": "string",
         "nullable": nullable,
         "description": f"Categorical. Known categories: {listed}{more}. "
-        f"Other values are accepted and encoded as an unseen (missing) category; a number that is not "
-        f"one of them is scored so too, with a note in the response's warnings (or a 400 when the server "
-        f"runs with categorical_numbers: reject).{null_note}",
+        f"Other values are accepted and encoded as an unseen (missing) category.{null_note}",
         "x-known-categories": list(column.categories),
+    }
+    if not numbers_for_categories:  # categorical_numbers: reject
+        return text
+    # categorical_numbers: warn. A number (or boolean) is scored as its text, with a warning in the
+    # response when that text is not a known category.
+    return {
+        **{key: value for key, value in text.items() if key not in ("type", "nullable")},
+        "anyOf": [{"type": "string", "nullable": nullable}, {"type": "number"}, {"type": "boolean"}],
+        "description": text["description"] + " A number is taken as its text; one that is not a category "
+        "is scored as unseen, with a note in the response's warnings (a 400 when the server runs with "
+        "categorical_numbers: reject).",
     }
 
 
