@@ -64,6 +64,9 @@ def serve(
         local = model_source.download(config, run_id=run_id, model_uri=model_uri, dest=cache)
         os.environ[MODEL_DIR_ENV] = str(local)
         os.environ["MMP_SERVE_SETTINGS"] = json.dumps(dataclasses.asdict(settings))
+        metrics_dir = cache / "prometheus"  # every worker's /metrics samples (mmp.inference.http.metrics)
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # set before gunicorn forks its workers
         workers = options.workers or os.cpu_count() or 1
         auth = "bearer token required" if os.environ.get(TOKEN_ENV) else "no token"
         log.info(
