@@ -195,7 +195,11 @@ def cmd_serve_api(args: argparse.Namespace) -> None:
             host=args.host, port=args.port, workers=args.workers, worker_class=args.worker_class, timeout=args.timeout
         ),
         settings=ServeSettings(
-            max_rows=args.max_rows, max_body_mb=args.max_body_mb, unknown_columns=args.unknown_columns
+            max_rows=args.max_rows,
+            max_body_mb=args.max_body_mb,
+            unknown_columns=args.unknown_columns,
+            categorical_numbers=args.categorical_numbers,
+            metrics_auth=not args.open_metrics,
         ),
     )
 
@@ -346,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve_api.add_argument("--max-body-mb", type=float, default=50.0, help="largest request body (413 above)")
     serve_api.add_argument(
         "--unknown-columns", choices=("reject", "ignore"), default="reject", help="what to do with unknown columns"
+    )
+    serve_api.add_argument(
+        "--categorical-numbers",
+        choices=("warn", "reject"),
+        default="warn",
+        help="a number sent for a categorical column: score it with a warning in the response, or answer 400",
+    )
+    serve_api.add_argument(
+        "--open-metrics", action="store_true", help="/metrics answers without the bearer token (MMP_API_TOKEN)"
     )
     serve_api.set_defaults(func=cmd_serve_api, recipe=None, data=None, overrides=[])
 
