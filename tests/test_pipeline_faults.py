@@ -304,3 +304,30 @@ def test_a_full_artifact_store_fails_the_stage_and_leaves_no_truncated_model(
     project.mmp("mirror")
     assert project.client().get_run(run_id).info.status == "FINISHED"
     assert "READY" in _ready_models(project, run_id)
+
+
+# --------------------------------------------------------------------------- 6f, 6g: charts and folders
+
+
+def test_shap_charts_of_a_one_hot_group_draw_without_numpys_all_nan_warning(tmp_path: Path) -> None:
+    import warnings
+
+    import numpy as np
+
+    from mmp.explanation.charts import write_shap_plots
+    from mmp.explanation.shap import Explanation
+
+    rng = np.random.default_rng(0)
+    explanation = Explanation(
+        values=rng.normal(size=(60, 2)),
+        base_values=np.array(0.1),
+        feature_names=["sex", "age"],
+        output_names=None,
+        explainer="linear",
+        output_space="log-odds",
+    )
+    data = np.column_stack([np.full(60, np.nan), rng.normal(size=60)])  # 'sex' is one-hot: no single value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        written = write_shap_plots(tmp_path, explanation, data, top_k=2)
+    assert {path.name for path in written} >= {"shap_summary.png", "shap_dependence_sex.png", "shap_bar.png"}

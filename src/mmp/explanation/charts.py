@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,6 @@ def write_shap_plots(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import shap
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -33,6 +34,35 @@ def write_shap_plots(
         written.append(path)
 
     outputs = explanation.output_names or [None]
+    with warnings.catch_warnings():
+        # A one-hot group (linear models) has no single value to colour its dots by: its data column is all
+        # NaN, which shap draws grey as intended, after taking its percentiles (numpy: "All-NaN slice").
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        _write_output_plots(explanation, data, outputs, importance, top_k, max_display, save)
+
+    names = list(importance)[:max_display][::-1]
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.35 * len(names) + 1)))
+    ax.barh(names, [importance[name] for name in names], color="#1E88E5")
+    ax.set_xlabel(f"mean |SHAP| ({explanation.output_space})")
+    ax.set_title("Feature importance (SHAP)")
+    save("shap_bar.png")
+    del fig
+    return written
+
+
+def _write_output_plots(
+    explanation: Explanation,
+    data: np.ndarray,
+    outputs: list[str | None],
+    importance: dict[str, float],
+    top_k: int,
+    max_display: int,
+    save: Callable[[str], None],
+) -> None:
+    """The summary (per output) and the dependence charts of the top features (first output)."""
+    import matplotlib.pyplot as plt
+    import shap
+
     for index, output in enumerate(outputs):
         values = explanation.values if output is None else explanation.values[:, index, :]
         base = explanation.base_values if output is None else explanation.base_values[index]
@@ -52,12 +82,3 @@ def write_shap_plots(
                 shap.plots.scatter(shap_explanation[:, feature], show=False)
                 plt.title(f"SHAP dependence: {feature}" + ("" if output is None else f" (class {output})"))
                 save(f"shap_dependence_{safe_name(feature)}.png")
-
-    names = list(importance)[:max_display][::-1]
-    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.35 * len(names) + 1)))
-    ax.barh(names, [importance[name] for name in names], color="#1E88E5")
-    ax.set_xlabel(f"mean |SHAP| ({explanation.output_space})")
-    ax.set_title("Feature importance (SHAP)")
-    save("shap_bar.png")
-    del fig
-    return written
