@@ -51,6 +51,26 @@ def test_a_gone_or_reused_pid_is_not_alive() -> None:
     assert not orphans.is_alive(os.getpid(), "00000000:1")
 
 
+def test_reaping_ends_only_runs_of_gone_processes_of_this_host(tmp_path: Path) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("reap", artifact_location=(tmp_path / "mlruns").as_uri())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    mine = orphans.owner_tags()
+    gone = client.create_run(experiment, tags={**mine, orphans.OWNER_PID: str(child.pid)}).info.run_id
+    alive = client.create_run(experiment, tags=mine).info.run_id
+    elsewhere = {**mine, orphans.OWNER_HOST: "another-host", orphans.OWNER_PID: str(child.pid)}
+    other_host = client.create_run(experiment, tags=elsewhere).info.run_id
+    untagged = client.create_run(experiment).info.run_id
+
+    assert orphans.reap(experiment) == [gone]
+    assert client.get_run(gone).info.status == "KILLED"
+    assert {client.get_run(run).info.status for run in (alive, other_host, untagged)} == {"RUNNING"}
+
+
 @pytest.mark.slow
 def test_a_stage_killed_with_its_recorder_is_marked_killed_by_the_next_command(project: Project) -> None:
     stage = subprocess.Popen(

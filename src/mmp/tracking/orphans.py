@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 OWNER_HOST = f"{TAG_PREFIX}owner.host"
 OWNER_PID = f"{TAG_PREFIX}owner.pid"
 OWNER_STARTED = f"{TAG_PREFIX}owner.started"
+OWNER_PIDNS = f"{TAG_PREFIX}owner.pidns"  # containers on one host (even of one hostname) see different pids
 ORPHANED = f"{TAG_PREFIX}orphaned"
 ERROR = f"{TAG_PREFIX}error"
 
@@ -28,6 +29,14 @@ def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
             return handle.read().strip()[:8]
+    except OSError:
+        return ""
+
+
+@cache
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
 
@@ -46,7 +55,13 @@ def process_started(pid: int) -> str | None:
 def owner_tags() -> dict[str, str]:
     """The tags naming this process as a run's owner."""
     pid = os.getpid()
-    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(pid), OWNER_STARTED: process_started(pid) or ""}
+    tags = {
+        OWNER_HOST: socket.gethostname(),
+        OWNER_PIDNS: _pid_namespace(),
+        OWNER_PID: str(pid),
+        OWNER_STARTED: process_started(pid) or "",
+    }
+    return {tag: value for tag, value in tags.items() if value}
 
 
 def is_alive(pid: int, started: str = "") -> bool:
@@ -90,11 +105,12 @@ def _reap(experiment_id: str) -> list[str]:
 
     client = mlflow.MlflowClient()
     host = socket.gethostname()
-    quoted = host.replace("'", "\\'")
+    owner = {OWNER_HOST: host, OWNER_PIDNS: _pid_namespace()}
+    if "'" in host:
+        return []  # not a name a filter can quote; never seen
+    where = [f"tags.`{tag}` = '{value}'" for tag, value in owner.items() if value]
     runs = client.search_runs(
-        [experiment_id],
-        f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{quoted}'",
-        max_results=1000,
+        [experiment_id], " and ".join(["attributes.status = 'RUNNING'", *where]), max_results=1000
     )
     ended = []
     for run in runs:
