@@ -36,6 +36,7 @@ class Metrics:
         # Multiprocess: samples go to the folder's files, and a fresh collector reads them all per scrape.
         self.registry = None if self.directory else CollectorRegistry()
         self.routes = frozenset(routes)
+        self._children: dict[tuple[str, str, int | None], tuple[Any, Any]] = {}
         self.requests = Counter(
             "mmp_http_requests",
             "HTTP requests answered, by route and status code",
@@ -68,17 +69,28 @@ class Metrics:
         return path if path in self.routes else OTHER_ROUTE
 
     def observe(self, method: str, path: str, status: int | None, seconds: float) -> None:
-        route = self.route(path)
-        self.requests.labels(method if method in _METHODS else "OTHER", route, str(status or 0)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (method, path, status)
+        children = self._children.get(key)
+        if children is None:  # label values are bounded: known routes, methods and status codes
+            route = self.route(path)
+            children = (
+                self.requests.labels(method if method in _METHODS else "OTHER", route, str(status or 0)),
+                self.latency.labels(route),
+            )
+            if route != OTHER_ROUTE and method in _METHODS:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def count(self, labels: Any, regression: bool) -> None:
         """Predicted labels of one request (class names, or values for regression)."""
         if regression:
             self.predictions.labels("value").inc(len(labels))
-            return
-        for label, n in Tally(labels).items():
-            self.predictions.labels(str(label)).inc(n)
+        elif len(labels) == 1:
+            self.predictions.labels(str(labels[0])).inc()
+        else:
+            for label, n in Tally(labels).items():
+                self.predictions.labels(str(label)).inc(n)
 
     def exposition(self) -> tuple[bytes, str]:
         if self.registry is not None:
