@@ -23,6 +23,12 @@ def bad_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     write("empty_column.csv", "\n".join([header + ",cabin", *[r + "," for r in body]]) + "\n")
     write("corrupt.parquet", "this is not parquet\n")
     write("header_only.csv", header + "\n")
+    write("inf.csv", "\n".join([header, *body[:30], "1st,died,male,inf,0,0", *body[30:]]) + "\n")
+    import polars as pl
+
+    frame = pl.read_csv(project.root / "data" / "titanic.csv")
+    nested = frame.with_columns(pl.concat_list("sibsp", "parch").alias("family"))
+    nested.write_parquet(project.root / "data" / "nested.parquet")
     (project.root / "recipes" / "typo.yaml").write_text(
         (project.root / "recipes" / "xgb-baseline.yaml").read_text().replace("max_depth:", "max_dept:")
     )
@@ -59,6 +65,13 @@ CASES = {
     ),
     "missing id column": (["data.id_columns=[passenger_id]"], ["data.id_columns names column(s) passenger_id"]),
     "bad split size": (["split.test_size=1.5"], ["split.test_size", "between 0 and 1"]),
+    "hyperparameter out of range": (["recipe.model.params.n_estimators=-5"], ["n_estimators must be >= 1, got -5"]),
+    "experiment name outside the store": (["mlflow.experiment_name=.."], ["'..'", "outside the store"]),
+    "infinite number": (["-d", "data/inf.csv", "data.target=survived"], ["Column 'age' holds 1 infinite value"]),
+    "nested parquet column": (
+        ["-d", "data/nested.parquet", "data.target=survived"],
+        ["Column 'family'", "does not support", "data.drop_columns"],
+    ),
 }
 
 
