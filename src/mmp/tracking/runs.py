@@ -21,7 +21,14 @@ from mmp.config import Config
 from mmp.errors import Pruned, TrackingError
 from mmp.redaction import redact
 from mmp.tracking.orphans import owner_tags
-from mmp.tracking.store import describe_failure, is_out_of_space, is_store_failure, setup, store_paths
+from mmp.tracking.store import (
+    describe_failure,
+    describe_write_failure,
+    is_out_of_space,
+    is_store_failure,
+    setup,
+    store_paths,
+)
 from mmp.tracking.tags import TAG_PREFIX, _run_name, common_tags, params_of
 
 if TYPE_CHECKING:
@@ -277,7 +284,7 @@ def mirror(
         if not is_store_failure(exc, store_paths(config)):
             raise
         discard_incomplete_models(run.info.run_id)
-        reason = describe_failure(mlflow.get_tracking_uri(), exc, config.mlflow.experiment_name)
+        reason = describe_write_failure(mlflow.get_tracking_uri(), exc, config.mlflow.experiment_name)
         pending.save(config, stage, run.info.run_id, extras, outputs, reason)
         fatal = is_out_of_space(exc)
         then = "Then run `mmp mirror` to complete it" if fatal else "Run `mmp mirror` once the store is back"

@@ -239,6 +239,16 @@ def os_failure(exc: BaseException) -> tuple[int | None, str | None]:
     return None, None
 
 
+def describe_write_failure(uri: str, exc: BaseException, experiment: str | None = None) -> str:
+    """As :func:`describe_failure`, for a failure while logging to a store that opened: a local write names
+    the path it could not write (a file where a folder belongs, a full disk)."""
+    code, path = os_failure(exc)
+    local = not uri.startswith(("http://", "https://"))
+    if local and code is not None and code not in (errno.ENOSPC, errno.EDQUOT) and path:
+        return f"MLflow store {redact(uri)} cannot write {path}: {os.strerror(code)}; fix or remove that path"
+    return describe_failure(uri, exc, experiment)
+
+
 def is_out_of_space(exc: BaseException) -> bool:
     """A full disk or quota: the stage must not report success (its record is still kept for ``mmp mirror``)."""
     return os_failure(exc)[0] in (errno.ENOSPC, errno.EDQUOT)
@@ -273,11 +283,8 @@ def describe_failure(uri: str, exc: BaseException, experiment: str | None = None
         return f"MLflow server {uri} answered HTTP {status}; see the server's log"
     local = not uri.startswith(("http://", "https://"))
     code, path = os_failure(exc)
-    if local and code is not None and "unable to open database" not in text:
-        where = path or uri
-        if code in (errno.ENOSPC, errno.EDQUOT):
-            return f"No space left on device at {where} (MLflow store {uri}); free space there"
-        return f"MLflow store {uri} cannot write {where}: {os.strerror(code)}; fix or remove that path"
+    if local and code in (errno.ENOSPC, errno.EDQUOT):
+        return f"No space left on device at {path or uri} (MLflow store {uri}); free space there"
     if "unable to open database file" in text or (local and isinstance(exc, OSError)):
         return (
             f"MLflow store {uri} cannot be opened; its folder must exist and be writable by you "
