@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -279,6 +280,12 @@ def test_a_local_store_error_is_deferred_to_mmp_mirror(project: Project) -> None
     assert len(records) == 1
     outputs = json.loads(records[0].read_text())["outputs"]
     assert outputs and all((project.root / name).exists() for name in outputs)  # the stage's outputs stay
+    # Output folders get the umask's permissions, not their scratch folder's 0700 (issue 14, 6f).
+    mask = os.umask(0)
+    os.umask(mask)
+    folders = [project.root / name for name in outputs if (project.root / name).is_dir()]
+    folders += [sub for folder in folders for sub in folder.rglob("*") if sub.is_dir()]
+    assert folders and {stat.S_IMODE(folder.stat().st_mode) for folder in folders} == {0o777 & ~mask}
     run_id = records[0].stem.split("-", 1)[1]
 
     (project.root / "mlruns" / "mmp" / "models").unlink()
