@@ -358,3 +358,18 @@ def test_shap_charts_of_a_one_hot_group_draw_without_numpys_all_nan_warning(tmp_
         warnings.simplefilter("error", RuntimeWarning)
         written = write_shap_plots(tmp_path, explanation, data, top_k=2)
     assert {path.name for path in written} >= {"shap_summary.png", "shap_dependence_sex.png", "shap_bar.png"}
+
+
+def test_a_reopened_orphan_forgets_its_orphan_tags(tmp_path: Path) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("reopen", artifact_location=(tmp_path / "mlruns").as_uri())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    run_id = client.create_run(experiment, tags={**orphans.owner_tags(), orphans.OWNER_PID: str(child.pid)}).info.run_id
+    assert orphans.reap(experiment) == [run_id]
+    orphans.forget_orphaned(run_id)  # as `mmp mirror` does when it reopens the run
+    tags = client.get_run(run_id).data.tags
+    assert orphans.ORPHANED not in tags and orphans.ERROR not in tags

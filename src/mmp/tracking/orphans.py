@@ -129,3 +129,15 @@ def _reap(experiment_id: str) -> list[str]:
         log.warning("Marked run %s KILLED: the %s", run.info.run_id, why)
         ended.append(run.info.run_id)
     return ended
+
+
+def forget_orphaned(run_id: str) -> None:
+    """A run reopened by ``mmp mirror`` after it was ended as an orphan: drop the orphan's tags (its error)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = client.get_run(run_id).data.tags
+    if ORPHANED in tags:
+        client.delete_tag(run_id, ORPHANED)
+        if tags.get(ERROR, "").startswith("The run was left RUNNING"):
+            client.delete_tag(run_id, ERROR)

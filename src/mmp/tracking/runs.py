@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mmp.config import Config
 from mmp.errors import Pruned, TrackingError
 from mmp.redaction import redact
-from mmp.tracking.orphans import owner_tags
+from mmp.tracking.orphans import forget_orphaned, owner_tags
 from mmp.tracking.store import (
     describe_failure,
     describe_write_failure,
@@ -112,6 +112,7 @@ class StageRun:
             if resume_run_id:
                 self._run = mlflow.start_run(run_id=resume_run_id)
                 mlflow.set_tags(owner_tags())  # this process owns the reopened run now
+                forget_orphaned(resume_run_id)
                 return self._run
             run_tags = {**common_tags(config, self._stage), **self._tags}
             if self._context:
