@@ -12,7 +12,7 @@ Servers, one at a time, each on its own free 127.0.0.1 port, started as subproce
   default of one worker), one numeric-encoded row as ``dataframe_split``;
 - mlflow-pyfunc (informational): ``mlflow models serve`` of mmp's own pyfunc model, one raw row;
 - ceiling: gunicorn, 2 sync workers, bench/ceiling_app.py (JSON row -> float array -> booster);
-- mmp: ``mmp serve-api --run-id <id>`` (gunicorn, one sync worker per core), ``POST /invocations`` with
+- mmp: ``mmp serve-api --run-id <id>`` (gunicorn, one threaded worker per core), ``POST /invocations`` with
   ``{"dataframe_records": [row]}`` and ``POST /predict`` with the raw row.
 
 Load: wrk, one row per request, concurrency 4 and 8 (``-t 2 -c 4`` / ``-t 2 -c 8``), a warm-up run, then
@@ -617,7 +617,7 @@ def run(
             "baseline": "mlflow models serve (uvicorn, 1 worker), xgboost flavour, dataframe_split of the encoded row",
             "mlflow-pyfunc": "mlflow models serve (uvicorn, 1 worker), mmp's pyfunc model, dataframe_records",
             "ceiling": "gunicorn 2 sync workers + bench/ceiling_app.py (booster.inplace_predict, nthread 1)",
-            "mmp": f"mmp serve-api (gunicorn, {os.cpu_count()} sync workers)",
+            "mmp": f"mmp serve-api (gunicorn, {os.cpu_count()} threaded workers, /metrics on)",
         },
         "single_row": rows,
         "big_request": big,
