@@ -15,6 +15,7 @@ from mmp import data as data_lib
 from mmp import preload, tracking
 from mmp.config import Config, dump_yaml
 from mmp.errors import ConfigError
+from mmp.evaluation.drift import save_reference, training_reference
 from mmp.evaluation.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
 from mmp.files import read_json, staged_dir, write_json_atomic
 from mmp.model.predictor import PREPROCESSING_FILE, Predictor
@@ -84,6 +85,8 @@ def run_train(
         model_dir = config.resolve(config.paths.model_dir)
         with staged_dir(model_dir) as scratch:
             model.save(scratch, mlflow_run_id=run.info.run_id)
+            # The training distribution travels with the model: batch inference and /drift compare with it.
+            save_reference(scratch, training_reference(predictor, splits["train"], outputs["train"]))
         metrics_file = config.resolve(config.paths.metrics_file)
         write_json_atomic(metrics_file, by_split)
         plots_dir = config.resolve(config.paths.plots_dir)
