@@ -14,10 +14,25 @@ from mmp.data.preprocessing import Preprocessor
 from mmp.files import read_json, staged_dir, write_json_atomic
 from mmp.model.predictor import PREPROCESSING_FILE
 from mmp.model.registry import check_model_name, encoding_plan, resolve_params
+from mmp.model.spec import ModelSpec
 from mmp.pipeline import RECORDER_MODULE
 from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult
 
 log = logging.getLogger(__name__)
+
+
+def check_inputs(
+    config: Config, spec: ModelSpec | None = None
+) -> tuple[data_lib.Cleaned, dict[str, pl.DataFrame], list[str]]:
+    """The prepare stage's checks of config and data, with no side effect: the data cleaned, split and its
+    feature columns. ``mmp validate`` runs exactly these, so it answers the errors the stage would."""
+    spec = spec or check_model_name(config.recipe.model.name)
+    data_cfg = config.data
+    frame = data_lib.load(data_cfg, config.resolve(data_cfg.path))
+    cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
+    resolve_params(spec, cleaned.task, config.recipe.model.params, config.seed)  # the model can do this task
+    parts = data_lib.split(cleaned.frame, data_cfg.target, cleaned.task, config.split, config.seed)
+    return cleaned, parts, data_lib.feature_columns(cleaned.frame, data_cfg)
 
 
 def run_prepare(config: Config, context: tracking.RunContext | None = None) -> StageResult:
@@ -29,11 +44,7 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     recorder = tracking.start_recorder(config, "prepare", context, RECORDER_MODULE)
     if recorder is None:
         preload.start(preload.MLFLOW)  # while Polars reads
-    frame = data_lib.load(data_cfg, data_path)
-    cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
-    resolve_params(spec, cleaned.task, config.recipe.model.params, config.seed)  # the model can do this task
-    parts = data_lib.split(cleaned.frame, data_cfg.target, cleaned.task, config.split, config.seed)
-    features = data_lib.feature_columns(cleaned.frame, data_cfg)
+    cleaned, parts, features = check_inputs(config, spec)
     preprocessor = Preprocessor.fit(
         parts["train"],
         target=data_cfg.target,
