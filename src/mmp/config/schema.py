@@ -92,6 +92,11 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    drift_threshold: float = 0.2
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     prepared_dir: str = "data/prepared"
     model_dir: str = "models"
@@ -109,6 +114,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     # Not part of the YAML: where the config came from.
     root: Path = field(default=Path("."), metadata={"internal": True})
@@ -229,6 +235,10 @@ def _check_values(config: Config) -> None:
         raise ConfigError("split.valid_size + split.test_size leave under 10% of rows to train on; lower them")
     if config.explain.sample_size < 1:
         raise ConfigError("explain.sample_size must be a positive number of rows")
+    if not config.monitoring.drift_threshold > 0:
+        raise ConfigError(
+            f"monitoring.drift_threshold is {config.monitoring.drift_threshold}; use a positive PSI, e.g. 0.2"
+        )
     if not config.monitoring.drift_threshold > 0:
         raise ConfigError(
             f"monitoring.drift_threshold is {config.monitoring.drift_threshold}; use a positive PSI, e.g. 0.2"
