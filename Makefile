@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: help install browser compose-cli demo test test-fast lint format params bench clean
+.PHONY: help install browser compose-cli postgres demo test test-fast lint format params bench clean
 
 help:
 	@echo "make demo      create .venv, install mmp, run the pipeline on the bundled titanic data"
@@ -49,6 +49,19 @@ compose-cli:
 		echo "the docker-compose.yml validation will be skipped. Install the Debian package docker-compose."; \
 	fi
 
+# PostgreSQL 15 (Debian package) for the tests that start a real server (tests/servers.py): SQL sources, the
+# team MLflow store, Optuna's shared storage. Without it those tests are skipped.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends postgresql 2>/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql; }; \
+	else \
+		echo "PostgreSQL is missing and cannot be installed here (needs root and apt-get):"; \
+		echo "the tests that need a PostgreSQL server will be skipped. Install the Debian package postgresql."; \
+	fi
+
 demo: install
 	@test -f configs/dev.yaml || $(BIN)/mmp get-config --env-name dev
 	$(BIN)/dvc repro
@@ -69,7 +82,7 @@ demo: install
 # 10.5 min instead of 15.7 min.
 TEST_WORKERS ?= 2
 
-test: install browser compose-cli
+test: install browser compose-cli postgres
 	$(BIN)/python -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install

@@ -310,3 +310,30 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port()).start()
     yield server
     server.stop()
+
+
+# --------------------------------------------------------------------------- PostgreSQL and S3 (tests/servers.py)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One PostgreSQL 15 server per test process; ``.database(name)`` gives a module its own database's URI."""
+    from servers import postgres_bin, start_postgres
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed and could not be (`make postgres` needs root and apt-get)")
+    server = start_postgres()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One S3-compatible server (moto) per test process: ``.endpoint_url``, keys, ``.env``, ``.bucket(name)``."""
+    from servers import start_s3
+
+    if not (BIN / "moto_server").exists():
+        pytest.skip("moto_server is missing: pip install -e '.[dev]' installs moto[server]")
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
