@@ -22,6 +22,8 @@ TASKS = ("auto", "binary", "multiclass", "regression")
 ENCODINGS = ("auto", "native", "onehot", "ordinal")
 IMPUTATIONS = ("auto", "none", "median", "mean", "zero")
 SCALINGS = ("auto", "standard", "none")
+COMPUTE_ENGINES = ("local", "dask")
+SPLIT_STRATEGIES = ("random", "stratified", "temporal", "group")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,10 @@ class DataConfig:
 class SplitConfig:
     valid_size: float = 0.15
     test_size: float = 0.15
-    stratify: bool = True
+    stratify: bool = True  # false: strategy stratified behaves as random (the key predates strategy)
+    strategy: str = "stratified"  # random | stratified | temporal | group
+    time_column: str | None = None  # temporal: the column to order by
+    group_column: str | None = None  # group: rows sharing its value stay in one split
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,13 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
-class MonitoringConfig:
-    drift_threshold: float = 0.2
+class ComputeConfig:
+    """Where the model fits: in this process (local), or on a Dask cluster (dask)."""
+
+    engine: str = "local"  # local | dask
+    scheduler_address: str | None = None  # dask: tcp://host:8786 of a running cluster; null starts a local one
+    n_workers: int = 2  # dask, local cluster: worker processes
+    threads_per_worker: int = 1
 
 
 @dataclass(frozen=True)
@@ -114,7 +124,6 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
-    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     # Not part of the YAML: where the config came from.
     root: Path = field(default=Path("."), metadata={"internal": True})
@@ -231,14 +240,17 @@ def _check_values(config: Config) -> None:
         size = getattr(split, key)
         if not 0.0 < size < 1.0:
             raise ConfigError(f"Config key 'split.{key}' is {size}; use a fraction between 0 and 1")
+    _check_choice("split.strategy", split.strategy, SPLIT_STRATEGIES)
+    for strategy, key in (("temporal", "time_column"), ("group", "group_column")):
+        if split.strategy == strategy and not getattr(split, key):
+            raise ConfigError(f"split.strategy {strategy} needs split.{key}; name the column: split.{key}=<column>")
     if split.valid_size + split.test_size >= 0.9:
         raise ConfigError("split.valid_size + split.test_size leave under 10% of rows to train on; lower them")
+    _check_choice("compute.engine", config.compute.engine, COMPUTE_ENGINES)
+    if config.compute.n_workers < 1 or config.compute.threads_per_worker < 1:
+        raise ConfigError("compute.n_workers and compute.threads_per_worker must be positive integers")
     if config.explain.sample_size < 1:
         raise ConfigError("explain.sample_size must be a positive number of rows")
-    if not config.monitoring.drift_threshold > 0:
-        raise ConfigError(
-            f"monitoring.drift_threshold is {config.monitoring.drift_threshold}; use a positive PSI, e.g. 0.2"
-        )
     if not config.monitoring.drift_threshold > 0:
         raise ConfigError(
             f"monitoring.drift_threshold is {config.monitoring.drift_threshold}; use a positive PSI, e.g. 0.2"

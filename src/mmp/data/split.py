@@ -1,4 +1,5 @@
-"""The seeded train/valid/test split, stratified for classification."""
+"""The seeded train/valid/test split: random or stratified by class, temporal (latest rows to test), or by group
+(no group spans two splits)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,28 @@ from mmp.config import SplitConfig
 from mmp.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+STRATEGIES = ("random", "stratified", "temporal", "group")
+_TRAIN, _VALID, _TEST = 0, 1, 2
 
 
 def split(frame: pl.DataFrame, target: str, task: str, config: SplitConfig, seed: int) -> dict[str, pl.DataFrame]:
-    """Seeded train/valid/test split, stratified by class for classification."""
-    rng = np.random.default_rng(seed)
+    """Split by ``config.strategy``; every split must have rows, and train every class."""
     n = frame.height
-    assignment = np.zeros(n, dtype=np.int8)  # 0 train, 1 valid, 2 test
-    if task != "regression" and config.stratify:
-        labels = frame[target].cast(pl.String)
-        # One comparison per class, in sorted order (a string rank of every row costs 7x more).
-        groups = [np.flatnonzero((labels == label).to_numpy()) for label in sorted(labels.unique().to_list())]
+    n_test, n_valid = int(round(n * config.test_size)), int(round(n * config.valid_size))
+    if config.strategy == "temporal":
+        order = _time_order(frame, config.time_column)
+        assignment = np.full(n, _TRAIN, dtype=np.int8)
+        # Oldest rows train, then valid, the latest rows test: no shuffling, so nothing is learnt from the future.
+        assignment[order[n - n_test - n_valid : n - n_test]] = _VALID
+        assignment[order[n - n_test :]] = _TEST
+        parts = {name: frame[order].filter(pl.Series(assignment[order] == code)) for code, name in enumerate(SPLITS)}
     else:
-        groups = [np.arange(n)]
-    for rows in groups:
-        rows = rng.permutation(rows)
-        n_test = int(round(len(rows) * config.test_size))
-        n_valid = int(round(len(rows) * config.valid_size))
-        assignment[rows[:n_test]] = 2
-        assignment[rows[n_test : n_test + n_valid]] = 1
-    parts = {name: frame.filter(pl.Series(assignment == code)) for code, name in enumerate(SPLITS)}
+        if config.strategy == "group":
+            assignment = _by_group(frame, config.group_column, n_test, n_valid, seed)
+        else:
+            stratified = config.strategy == "stratified" and config.stratify and task != "regression"
+            assignment = _by_rows(n, frame[target] if stratified else None, config, seed)
+        parts = {name: frame.filter(pl.Series(assignment == code)) for code, name in enumerate(SPLITS)}
     for name, part in parts.items():
         if part.height == 0:
             raise DataError(f"The {name} split is empty ({n} rows in all); use more data or larger split sizes")
@@ -41,3 +44,57 @@ def split(frame: pl.DataFrame, target: str, task: str, config: SplitConfig, seed
                 "drop them with data.query or add data"
             )
     return parts
+
+
+def _by_rows(n: int, labels: pl.Series | None, config: SplitConfig, seed: int) -> np.ndarray:
+    """Shuffled rows, the sizes applied per class when ``labels`` are given (stratified)."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        groups = [np.arange(n)]
+    else:
+        labels = labels.cast(pl.String)
+        # One comparison per class, in sorted order (a string rank of every row costs 7x more).
+        groups = [np.flatnonzero((labels == label).to_numpy()) for label in sorted(labels.unique().to_list())]
+    assignment = np.full(n, _TRAIN, dtype=np.int8)
+    for rows in groups:
+        rows = rng.permutation(rows)
+        n_test = int(round(len(rows) * config.test_size))
+        n_valid = int(round(len(rows) * config.valid_size))
+        assignment[rows[:n_test]] = _TEST
+        assignment[rows[n_test : n_test + n_valid]] = _VALID
+    return assignment
+
+
+def _column(frame: pl.DataFrame, name: str | None, key: str) -> pl.Series:
+    if name is None or name not in frame.columns:
+        raise DataError(
+            f"split.{key} is {name!r}, which is not a column of the data; set split.{key} to one of "
+            f"{', '.join(frame.columns[:10])}"
+        )
+    return frame[name]
+
+
+def _time_order(frame: pl.DataFrame, column: str | None) -> np.ndarray:
+    """Row indices from oldest to latest (ties keep file order)."""
+    times = _column(frame, column, "time_column")
+    if times.null_count():
+        raise DataError(
+            f"split.time_column '{column}' has {times.null_count()} missing value(s); a temporal split needs a time "
+            "on every row: fill them or filter them out with data.query"
+        )
+    ordered = pl.DataFrame({"time": times, "row": np.arange(times.len())}).sort("time", "row")
+    return ordered["row"].to_numpy()
+
+
+def _by_group(frame: pl.DataFrame, column: str | None, n_test: int, n_valid: int, seed: int) -> np.ndarray:
+    """Whole groups, in a seeded order, fill test then valid; the rest train. A group's rows stay together."""
+    groups = _column(frame, column, "group_column")
+    codes = groups.cast(pl.String).fill_null("\0null").rank("dense").cast(pl.Int64).to_numpy() - 1
+    sizes = np.bincount(codes)
+    order = np.random.default_rng(seed).permutation(sizes.size)
+    # A group goes where its middle row falls along the shuffled groups: split sizes come out close to asked.
+    middle = np.cumsum(sizes[order]) - sizes[order] / 2
+    where = np.where(middle <= n_test, _TEST, np.where(middle <= n_test + n_valid, _VALID, _TRAIN))
+    by_group = np.empty(sizes.size, dtype=np.int8)
+    by_group[order] = where
+    return by_group[codes]
