@@ -14,6 +14,7 @@ from mmp.config.compose import (
     tracking_root,
 )
 from mmp.config.schema import (
+    ComputeConfig,
     Config,
     DataConfig,
     ExplainConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "CONFIG_ENV",
     "CONFIG_NAME",
     "PARAMS_FILE",
+    "ComputeConfig",
     "Config",
     "DataConfig",
     "ExplainConfig",
