@@ -247,6 +247,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         n_trials=args.n_trials,
         seed=args.seed,
         output=Path(args.output) if args.output else None,
+        timeout=args.timeout,
     )
     report(result.summary, result.summary_folder)
     if result.recipe_file:
@@ -266,8 +267,12 @@ def cmd_batch_inference(args: argparse.Namespace) -> None:
         input_path=Path(args.input),
         output_path=Path(args.output),
         chunk_rows=args.chunk_rows,
+        drift_threshold=args.drift_threshold,
     )
     print(f"wrote {result.rows} predictions to {result.output}")
+    if result.drift_report is not None:
+        drifted = f"drifted: {', '.join(result.drifted)}" if result.drifted else "no column drifted"
+        print(f"drift report: {result.drift_report} ({drifted})")
     print(f"batch inference run: {result.run_id}")
 
 
@@ -399,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, e.g. recipe=lgbm-tuned")
     tune.add_argument("--n-trials", type=int, help="trials to run (default: the search file's n_trials)")
     tune.add_argument("--seed", type=int, help="sampler seed (default: the search file's seed)")
+    tune.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="wall-clock budget: no trial starts after it (with --n-trials: whichever comes first)",
+    )
     tune.add_argument("--space", metavar="FILE", help="search space file (default: recipes/search/<recipe>.yaml)")
     tune.add_argument("--output", metavar="FILE", help="best recipe file (default: recipes/<recipe>-best.yaml)")
     tune.set_defaults(func=cmd_tune)
@@ -411,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-d", "--data", dest="input", metavar="PATH", required=True, help="input rows, CSV or Parquet")
     batch.add_argument("-o", "--output", metavar="FILE", required=True, help="predictions file: .parquet or .csv")
     batch.add_argument("--chunk-rows", type=int, default=100_000, help="rows predicted at a time (default: 100000)")
+    batch.add_argument(
+        "--drift-threshold",
+        type=float,
+        metavar="PSI",
+        help="warn about columns whose PSI against the training data is above this (default: 0.2, from config)",
+    )
     batch.set_defaults(func=cmd_batch_inference, recipe=None, data=None, overrides=[])
 
     mirror = commands.add_parser("mirror", help="log finished stages whose MLflow mirror was interrupted")

@@ -125,6 +125,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     # Not part of the YAML: where the config came from.
     root: Path = field(default=Path("."), metadata={"internal": True})
     overrides: tuple[str, ...] = field(default=(), metadata={"internal": True})

@@ -124,8 +124,14 @@ def run_tune(
     n_trials: int | None = None,
     seed: int | None = None,
     output: Path | None = None,
+    timeout: float | None = None,
 ) -> TuneResult:
-    """Run the search; write the best configuration as a recipe file."""
+    """Run the search; write the best configuration as a recipe file.
+
+    ``timeout`` (seconds) stops starting trials once it has passed; without ``n_trials`` it alone bounds the
+    search. Trials run one after another from a seeded sampler, so a seed gives the same first k trials
+    whatever the budget: the wall-clock budget only decides k.
+    """
     import optuna
 
     root = project_root()
@@ -139,6 +145,9 @@ def run_tune(
     space = dataclasses.replace(space, n_trials=n_trials or space.n_trials, seed=space.seed if seed is None else seed)
     if space.n_trials < 1:
         raise ConfigError(f"--n-trials must be at least 1, got {space.n_trials}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    trials = None if timeout is not None and n_trials is None else space.n_trials  # a budget alone: until it ends
     metric = None if space.metric == "auto" else space.metric
     folder = sweeps.new_folder(root, "tune")
     sweep = sweeps.start(config, "tune", folder, command, metric=metric)
@@ -157,7 +166,7 @@ def run_tune(
             study_name=folder.name,
         )
         objective = _Objective(root, overrides, space, sweep, direction)
-        study.optimize(objective, n_trials=space.n_trials, catch=(_TrialFailed,))
+        study.optimize(objective, n_trials=trials, timeout=timeout, catch=(_TrialFailed,))
         summary = sweeps.finish(sweep, config, sweeps.collect(folder))
         recipe_file = None
         if summary.best is not None:

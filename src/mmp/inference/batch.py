@@ -25,6 +25,8 @@ from mmp import data as data_lib
 from mmp import tracking
 from mmp.config import Config
 from mmp.errors import DataError, MmpError
+from mmp.evaluation import drift
+from mmp.files import safe_name, write_json_atomic
 from mmp.inference import source as model_source
 from mmp.model.predictor import Predictor
 
@@ -43,6 +45,8 @@ class BatchResult:
     output: Path
     rows: int
     seconds: float
+    drift_report: Path | None = None  # None: the model was trained before drift was recorded
+    drifted: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -94,6 +98,20 @@ def predict_chunk(predictor: Predictor, chunk: pl.DataFrame, schema: pl.Schema) 
         for i, label in enumerate(prediction.classes)
     ]
     return pl.DataFrame(columns)
+
+
+def predicted_values(predictor: Predictor, predicted: pl.DataFrame) -> Any:
+    """What drift watches of a chunk's output rows (see :func:`mmp.evaluation.drift.prediction_values`)."""
+    if predictor.task == "binary":
+        return predicted[f"{PROBA_PREFIX}{predictor.classes[-1]}"].to_numpy()
+    if predictor.task == "regression":
+        return predicted[PREDICTION_COLUMN].to_numpy()
+    return predicted[PREDICTION_COLUMN]
+
+
+def drift_paths(output_path: Path) -> tuple[Path, Path]:
+    """The drift report's JSON and chart, next to the predictions: ``preds.parquet`` -> ``preds.drift.json``."""
+    return output_path.with_suffix(".drift.json"), output_path.with_suffix(".drift.png")
 
 
 def iter_chunks(frame: pl.LazyFrame, chunk_rows: int, path: Path) -> Iterator[pl.DataFrame]:
@@ -171,8 +189,12 @@ def write_predictions(
     schema: pl.Schema,
     chunk_rows: int,
     total_rows: int,
+    monitor: drift.DriftCounts | None = None,
 ) -> tuple[int, int]:
-    """Predict the input chunk by chunk into ``output_path``; return (rows read, rows written)."""
+    """Predict the input chunk by chunk into ``output_path``; return (rows read, rows written).
+
+    ``monitor`` counts each chunk's columns and predictions into the training distribution's buckets.
+    """
     from tqdm.auto import tqdm
 
     rows_in = 0
@@ -188,7 +210,10 @@ def write_predictions(
         ) as progress,
     ):
         for chunk in iter_chunks(frame, chunk_rows, input_path):
-            writer.write(predict_chunk(predictor, chunk, schema))
+            predicted = predict_chunk(predictor, chunk, schema)
+            writer.write(predicted)
+            if monitor is not None:
+                monitor.add_frame(chunk, predicted_values(predictor, predicted))
             rows_in += chunk.height
             progress.update(chunk.height)
     return rows_in, writer.rows
@@ -205,17 +230,24 @@ def run_batch_inference(
     input_path: Path,
     output_path: Path,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    drift_threshold: float | None = None,
 ) -> BatchResult:
     """Predict every row of ``input_path`` with a logged mmp model and write ``output_path``.
 
     The model is named by its train run id or a model URI. Inputs are checked before the MLflow run
-    starts; the run records the model it used, the input dataset, rows and seconds.
+    starts; the run records the model it used, the input dataset, rows and seconds. Each input column
+    and the prediction are compared with the training distribution saved with the model: PSI per column
+    is logged (``psi_<column>``), columns above ``drift_threshold`` (default: ``monitoring.drift_threshold``)
+    are warned about, and the report is written next to the output (``.drift.json``, ``.drift.png``).
     """
     input_path = Path(input_path).expanduser().resolve()
     output_path = Path(output_path).expanduser().resolve()
     output_format(output_path)
     if chunk_rows < 1:
         raise MmpError(f"--chunk-rows is {chunk_rows}; use a positive number of rows")
+    threshold = config.monitoring.drift_threshold if drift_threshold is None else drift_threshold
+    if not threshold > 0:
+        raise MmpError(f"--drift-threshold is {threshold}; use a positive PSI, e.g. 0.2")
     frame = data_lib.scan(input_path)
     input_schema = frame.collect_schema()
     with tempfile.TemporaryDirectory(prefix="mmp-model-") as scratch:
@@ -223,6 +255,8 @@ def run_batch_inference(
         predictor, card = model.predictor, model.card
         check_columns(input_schema, predictor, input_path)
         schema = output_schema(predictor, input_schema)
+        reference = drift.load_reference(model.directory / model_source._artifact_paths(model.directory)["model"])
+        monitor = drift.DriftCounts(reference) if reference is not None else None
         total_rows = _count_rows(frame, input_path)
         digest = data_lib.file_digest(input_path)
         prefix = tracking.TAG_PREFIX
@@ -240,7 +274,8 @@ def run_batch_inference(
         with tracking.stage_run(config, STAGE, tags=tags) as run:
             import mlflow
 
-            mlflow.log_params({"input": str(input_path), "output": str(output_path), "chunk_rows": chunk_rows})
+            params = {"input": str(input_path), "output": str(output_path), "chunk_rows": chunk_rows}
+            mlflow.log_params({**params, "drift_threshold": threshold})
             tracking.log_dataset(input_path, digest, input_path.stem, "inference", _head(frame))
             started = time.perf_counter()
             rows_in, rows_out = write_predictions(
@@ -251,11 +286,41 @@ def run_batch_inference(
                 schema=schema,
                 chunk_rows=chunk_rows,
                 total_rows=total_rows,
+                monitor=monitor,
             )
             seconds = time.perf_counter() - started
             mlflow.log_metrics({"rows_in": rows_in, "rows_out": rows_out, "seconds": seconds})
+            report_path, drifted = None, ()
+            if monitor is not None:
+                report_path, drifted = _report_drift(monitor.report(threshold), output_path)
+            else:
+                log.warning("drift: the model has no training distribution (trained before mmp saved one); not checked")
     log.info("batch inference: %d rows -> %s in %.2fs (model %s)", rows_out, output_path, seconds, card.model_uri)
-    return BatchResult(run.info.run_id, output_path, rows_out, seconds)
+    return BatchResult(run.info.run_id, output_path, rows_out, seconds, report_path, drifted)
+
+
+def _report_drift(report: dict[str, Any], output_path: Path) -> tuple[Path, tuple[str, ...]]:
+    """Log PSI per column to the active run, warn about drifted columns, write and log the report."""
+    import mlflow
+
+    values = drift.psi_by_column(report)
+    mlflow.log_metrics({f"psi_{safe_name(name)}": value for name, value in values.items()})
+    mlflow.log_metric("drifted_columns", len(report["drifted"]))
+    for name in report["drifted"]:
+        log.warning(
+            "drift: '%s' has PSI %.3f against the training data (threshold %g)", name, values[name], report["threshold"]
+        )
+    json_path, chart_path = drift_paths(output_path)
+    write_json_atomic(json_path, report)
+    scratch = chart_path.with_name(f".{chart_path.stem}.{uuid.uuid4().hex[:8]}.png")
+    try:
+        drift.write_chart(report, scratch)
+        os.replace(scratch, chart_path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    mlflow.log_artifact(str(json_path), "drift")
+    mlflow.log_artifact(str(chart_path), "drift")
+    return json_path, tuple(report["drifted"])
 
 
 def _count_rows(frame: pl.LazyFrame, path: Path) -> int:

@@ -1,0 +1,118 @@
+"""Drift (issue 17): the training distribution saved with a model, PSI in batch inference, /drift on the server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import Project, make_project
+from mmp.evaluation import drift
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+TITANIC_KINDS = {"pclass": "categorical", "sex": "categorical", **dict.fromkeys(("age", "sibsp", "parch"), "numeric")}
+
+
+@pytest.fixture(scope="module")
+def titanic() -> pl.DataFrame:
+    return pl.read_csv(DATA / "titanic.csv")
+
+
+@pytest.fixture(scope="module")
+def reference(titanic: pl.DataFrame) -> dict:
+    scores = np.random.default_rng(0).random(titanic.height)
+    return drift.fit_reference(titanic, TITANIC_KINDS, ("numeric", scores))
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_reference_buckets(reference: dict) -> None:
+    age = reference["features"]["age"]
+    assert age["kind"] == "numeric" and len(age["edges"]) == 9  # 10 quantile bins, open-ended
+    assert len(age["expected"]) == drift.n_buckets(age) == len(drift.bucket_labels(age)) == 11
+    assert drift.bucket_labels(age)[0].startswith("(-inf, ") and drift.bucket_labels(age)[-2].endswith(", inf)")
+    assert age["expected"][-1] > 0.15  # titanic's missing ages have a bucket of their own
+    sex = reference["features"]["sex"]
+    assert sex["categories"] == ["female", "male"] and drift.bucket_labels(sex)[-2:] == [drift.OTHER, drift.MISSING]
+    for spec in [*reference["features"].values(), reference["prediction"]]:
+        assert sum(spec["expected"]) == pytest.approx(1.0)
+
+
+def test_psi() -> None:
+    assert drift.psi([0.5, 0.5], [10, 10]) == pytest.approx(0.0)
+    assert drift.psi([0.5, 0.5], [0, 0]) is None
+    assert drift.psi([0.5, 0.5], [19, 1]) > drift.psi([0.5, 0.5], [12, 8]) > 0
+    assert np.isfinite(drift.psi([1.0, 0.0], [0, 5]))  # empty buckets: floored, never infinite
+
+
+def test_row_buckets_match_the_vectorised_ones(titanic: pl.DataFrame, reference: dict) -> None:
+    """The server counts a request's rows one value at a time; batch inference by column: same buckets."""
+    for name, spec in reference["features"].items():
+        by_value = [drift.value_bucket(spec, value) for value in titanic[name].to_list()]
+        by_column = drift.bucket_counts(spec, drift.column_values(titanic[name], spec["kind"]))
+        assert np.array_equal(np.bincount(by_value, minlength=drift.n_buckets(spec)), by_column), name
+    assert drift.value_bucket(reference["features"]["sex"], "unknown") == 2  # other
+    assert drift.value_bucket(reference["features"]["age"], None) == 10  # missing
+    assert drift.value_bucket(reference["features"]["age"], float("nan")) == 10
+
+
+def test_report_flags_a_scaled_column_only(titanic: pl.DataFrame, reference: dict) -> None:
+    scores = np.random.default_rng(1).random(titanic.height)
+    same = drift.DriftCounts(reference)
+    same.add_frame(titanic, scores)
+    assert same.report()["drifted"] == []
+    shifted = drift.DriftCounts(reference)
+    shifted.add_frame(titanic.with_columns(pl.col("age") * 3), scores)
+    report = shifted.report(0.2)
+    assert report["drifted"] == ["age"] and report["columns"]["age"]["psi"] > 0.2
+    assert report["rows"] == titanic.height
+
+
+# --------------------------------------------------------------------------- batch inference, end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, str]:
+    project = make_project(tmp_path_factory.mktemp("drift") / "project")
+    run_id = project.mmp("train").stdout.split("MLflow run id: ")[1].split()[0]
+    new = pl.read_csv(project.root / "data" / "titanic.csv").drop("survived")
+    new.write_csv(project.root / "data" / "same.csv")
+    new.with_columns(pl.col("age") * 3).write_parquet(project.root / "data" / "shifted.parquet")
+    return project, run_id
+
+
+@pytest.mark.slow
+def test_batch_inference_flags_the_shifted_column(trained: tuple[Project, str]) -> None:
+    project, run_id = trained
+    out = project.root / "out"
+    result = project.mmp("batch-inference", "--run-id", run_id, "-d", "data/shifted.parquet", "-o", "out/s.parquet")
+    assert "drifted: age" in result.stdout, result.stdout
+    assert "drift: 'age' has PSI" in result.stderr
+    report = json.loads((out / "s.drift.json").read_text())
+    assert report["drifted"] == ["age"] and report["columns"]["age"]["psi"] > 0.2
+    assert report["columns"]["sex"]["psi"] < 0.01 and report["columns"]["prediction"]["psi"] is not None
+    assert (out / "s.drift.png").read_bytes()[:4] == b"\x89PNG"
+    batch_run = project.client().get_run(result.stdout.split("batch inference run: ")[1].split()[0])
+    assert batch_run.data.metrics["psi_age"] == pytest.approx(report["columns"]["age"]["psi"])
+    assert {"psi_sex", "psi_pclass", "psi_prediction"} <= set(batch_run.data.metrics)
+    assert batch_run.data.metrics["drifted_columns"] == 1 and batch_run.data.params["drift_threshold"] == "0.2"
+    artifacts = {a.path for a in project.client().list_artifacts(batch_run.info.run_id, "drift")}
+    assert artifacts == {"drift/s.drift.json", "drift/s.drift.png"}
+
+    # The unshifted rows: no column drifts, not even with a stricter threshold from the command line.
+    result = project.mmp(
+        "batch-inference", "--run-id", run_id, "-d", "data/same.csv", "-o", "out/same.csv", "--drift-threshold", "0.05"
+    )
+    assert "no column drifted" in result.stdout and "drift:" not in result.stderr
+    report = json.loads((out / "same.drift.json").read_text())
+    assert report["drifted"] == [] and report["threshold"] == 0.05
+    assert max(column["psi"] for column in report["columns"].values()) < 0.05
+
+    bad = project.mmp("batch-inference", "--run-id", run_id, "-d", "data/same.csv", "-o", "out/x.csv",
+                      "--drift-threshold", "0", check=False)  # fmt: skip
+    assert bad.returncode != 0 and "--drift-threshold is 0.0; use a positive PSI" in bad.stderr
+    assert not (out / "x.csv").exists()
