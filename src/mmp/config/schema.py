@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ TASKS = ("auto", "binary", "multiclass", "regression")
 ENCODINGS = ("auto", "native", "onehot", "ordinal")
 IMPUTATIONS = ("auto", "none", "median", "mean", "zero")
 SCALINGS = ("auto", "standard", "none")
+DATA_SOURCES = ("file", "sql")
 COMPUTE_ENGINES = ("local", "dask")
 SPLIT_STRATEGIES = ("random", "stratified", "temporal", "group")
 
@@ -29,13 +31,21 @@ SPLIT_STRATEGIES = ("random", "stratified", "temporal", "group")
 @dataclass(frozen=True)
 class DataConfig:
     name: str
-    path: str
+    path: str | None  # a local file or an s3:// gs:// az:// URL (source file); null for source sql
     target: str
     positive_class: str | None = None
     id_columns: list[str] = field(default_factory=list)
     drop_columns: list[str] = field(default_factory=list)
     categorical_columns: list[str] = field(default_factory=list)
     query: str | None = None
+    # issue 18: data from SQL and object stores (mmp.data.sources)
+    source: str = "file"  # file | sql
+    uri: str | None = None  # sql: connection URI without a password (postgresql://user@host:5432/db)
+    uri_env: str | None = None  # sql: or the environment variable (.env) holding the URI, password included
+    sql: str | None = None  # sql: the query ...
+    sql_file: str | None = None  # ... or a file holding it, relative to the project root
+    sql_params: Any = None  # sql: a list of values the driver binds to the query's placeholders ($1 / ?)
+    snapshot: str | None = None  # the Parquet copy of the source that `mmp ingest` writes and prepare reads
 
 
 @dataclass(frozen=True)
@@ -230,7 +240,28 @@ def _check_choice(path: str, value: str, choices: typing.Sequence[str]) -> None:
         raise ConfigError(f"Config key '{path}' is '{value}'; choose one of {', '.join(choices)}")
 
 
+def _check_data_source(data: DataConfig) -> None:
+    _check_choice("data.source", data.source, DATA_SOURCES)
+    if data.source == "file" and not data.path:
+        raise ConfigError("data.path is missing; set it to a CSV or Parquet file (or an s3://, gs://, az:// URL)")
+    if data.source == "sql":
+        if not (data.uri or data.uri_env) or not (data.sql or data.sql_file):
+            raise ConfigError(
+                "data.source sql needs data.uri (or data.uri_env) and data.sql (or data.sql_file); set them"
+            )
+        # A password in the config would be logged with the params and written to params.yaml.
+        if data.uri and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]*:[^@/\s]+@", data.uri):
+            raise ConfigError(
+                "data.uri holds a password; put the whole URI in .env as a variable and name it in data.uri_env"
+            )
+    if data.sql_params is not None and (
+        not isinstance(data.sql_params, list) or any(isinstance(v, (dict, list)) for v in data.sql_params)
+    ):
+        raise ConfigError(f"data.sql_params must be a list of values, e.g. [2020, 'EU'], got {data.sql_params!r}")
+
+
 def _check_values(config: Config) -> None:
+    _check_data_source(config.data)
     recipe = config.recipe
     _check_choice("recipe.task", recipe.task, TASKS)
     _check_choice("recipe.preprocessing.categorical_encoding", recipe.preprocessing.categorical_encoding, ENCODINGS)
