@@ -438,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/prod.yaml)")
     check.set_defaults(func=cmd_system_check, recipe=None, data=None, overrides=[])
+
+    from mmp.project.commands import add_commands  # init, get-recipe, list, validate, plots (argparse only)
+
+    add_commands(commands, _add_config_options, _config_from)
     return parser
 
 
