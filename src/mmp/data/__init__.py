@@ -1,7 +1,9 @@
 """The data layer: reading files (:mod:`.load`), checking them against the config (:mod:`.validate`),
-splitting (:mod:`.split`) and the preprocessing fitted on the train split (:mod:`.preprocessing`)."""
+splitting (:mod:`.split`) and the preprocessing fitted on the train split (:mod:`.preprocessing`); SQL and
+object store sources and their local snapshots (:mod:`.sources`)."""
 
 from mmp.data.load import file_digest, load, scan
+from mmp.data.sources import input_file, local_path, source_location, write_snapshot
 from mmp.data.split import SPLITS, split
 from mmp.data.validate import MAX_CLASSES, Cleaned, clean_and_check, feature_columns, infer_task
 
@@ -13,7 +15,11 @@ __all__ = [
     "feature_columns",
     "file_digest",
     "infer_task",
+    "input_file",
+    "local_path",
     "load",
     "scan",
+    "source_location",
     "split",
+    "write_snapshot",
 ]

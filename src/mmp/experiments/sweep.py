@@ -340,9 +340,9 @@ def job_paths(config: Config, folder: Path) -> Config:
 
 def prepare_key(config: Config) -> str:
     """What the prepare stage's output depends on: its params (as in dvc.yaml) and the data's content."""
-    from mmp.data import file_digest
+    from mmp.data import file_digest, local_path
 
-    data_path = config.resolve(config.data.path)
+    data_path = local_path(config.data, config.root)  # None: a SQL or remote source, read by prepare
     inputs = {
         "seed": config.seed,
         "data": dataclasses.asdict(config.data),
@@ -350,7 +350,7 @@ def prepare_key(config: Config) -> str:
         "task": config.recipe.task,
         "model": config.recipe.model.name,
         "preprocessing": dataclasses.asdict(config.recipe.preprocessing),
-        "digest": file_digest(data_path) if data_path.is_file() else None,  # prepare reports it missing
+        "digest": file_digest(data_path) if data_path and data_path.is_file() else None,  # prepare reports it missing
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -28,7 +28,7 @@ def check_inputs(
     feature columns. ``mmp validate`` runs exactly these, so it answers the errors the stage would."""
     spec = spec or check_model_name(config.recipe.model.name)
     data_cfg = config.data
-    frame = data_lib.load(data_cfg, config.resolve(data_cfg.path))
+    frame = data_lib.load(data_cfg, data_lib.input_file(data_cfg, config.root))
     cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
     resolve_params(spec, cleaned.task, config.recipe.model.params, config.seed)  # the model can do this task
     parts = data_lib.split(cleaned.frame, data_cfg.target, cleaned.task, config.split, config.seed)
@@ -40,7 +40,7 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     spec = check_model_name(config.recipe.model.name)
     data_cfg = config.data
-    data_path = config.resolve(data_cfg.path)
+    data_path = data_lib.input_file(data_cfg, config.root)  # a SQL or remote source: its local snapshot
     recorder = tracking.start_recorder(config, "prepare", context, RECORDER_MODULE)
     if recorder is None:
         preload.start(preload.MLFLOW)  # while Polars reads
@@ -66,7 +66,11 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
             preprocessor.save(scratch / PREPROCESSING_FILE)
             manifest = {
                 "prepare_run_id": run.info.run_id,
-                "data": {"name": data_cfg.name, "path": str(data_cfg.path), "digest": digest},
+                "data": {
+                    "name": data_cfg.name,
+                    "path": data_cfg.path or str(data_lib.source_location(data_cfg, config.root)),
+                    "digest": digest,
+                },
                 "task": cleaned.task,
                 "target": data_cfg.target,
                 "classes": cleaned.classes,
@@ -90,7 +94,7 @@ def _mirror_prepare(config: Config, run: Any, extras: dict[str, Any]) -> None:
     rows = {f"rows_{name}": count for name, count in manifest["rows"].items()}
     mlflow.log_metrics({**rows, "rows_dropped_null_target": manifest["dropped_null_target"]})
     head = pl.read_parquet(out_dir / "train.parquet", n_rows=5)
-    data_path = config.resolve(config.data.path)
+    data_path = data_lib.source_location(config.data, config.root)  # the source, not its snapshot
     tracking.log_dataset(data_path, manifest["data"]["digest"], config.data.name, "training", head.to_pandas())
     mlflow.log_artifact(str(out_dir / PREPROCESSING_FILE))
     mlflow.log_artifact(str(out_dir / MANIFEST_FILE))

@@ -152,7 +152,7 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     for split, values in extras["history"].items():
         # Per-iteration scores as step metrics: the UI draws them as learning curves.
         _log_curve(f"{split}_curve_{_curve_metric(predictor.task)}", values)
-    data_path = config.resolve(config.data.path)
+    data_path = data_lib.source_location(config.data, config.root)
     tracking.log_dataset(
         data_path, manifest["data"]["digest"], config.data.name, "training", test_frame.head(5).to_pandas()
     )

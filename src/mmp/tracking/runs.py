@@ -11,7 +11,6 @@ import logging
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,22 +332,19 @@ def log_late_artifacts(config: Config, extras: dict[str, Any]) -> None:
         mlflow.log_artifacts(str(config.resolve(folder)), artifact_path=artifact_path)
 
 
-def log_dataset(path: Path, digest: str, name: str, context: str, schema_frame: Any = None) -> None:
-    """Record a data file as an MLflow dataset input of the active run."""
+def log_dataset(path: Path | str, digest: str, name: str, context: str, schema_frame: Any = None) -> None:
+    """Record a data file (or an object store URL, or a SQL connection URI) as a dataset input of the active run."""
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+
+    from mmp.tracking.dataset_sources import dataset_source
 
     schema = None
     if schema_frame is not None:
         from mlflow.types.utils import _infer_schema
 
         schema = _infer_schema(schema_frame)
-    with warnings.catch_warnings():
-        # Local paths match two equivalent source classes; MLflow warns and picks one.
-        warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(str(path.resolve()))
-    dataset = MetaDataset(source=source, name=name, digest=digest, schema=schema)
+    dataset = MetaDataset(source=dataset_source(path), name=name, digest=digest, schema=schema)
     mlflow.log_input(dataset, context=context)
 
 
