@@ -66,6 +66,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"prepare run: {result.run_id}")
 
 
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from mmp.pipeline.ingest import run_ingest
+
+    result = run_ingest(_config_from(args))
+    state = "changed" if result.changed else "unchanged"
+    print(f"snapshot: {_shown(result.snapshot)} ({result.rows} rows, digest {result.digest}, {state})")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """The predecessor's ``mmp train``: prepare, train and explain in one go, outside DVC.
 
@@ -336,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(prepare)
     prepare.set_defaults(func=cmd_prepare)
 
+    ingest = commands.add_parser("ingest", help="snapshot a SQL or remote data source to data.snapshot (Parquet)")
+    _add_config_options(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
     train = commands.add_parser("train", help="prepare, train and explain: the whole pipeline outside DVC")
     _add_config_options(train)
     train.set_defaults(func=cmd_train)
@@ -477,11 +489,12 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
         from mmp.pipeline import RECORDER_MODULE
         from mmp.tracking import recorder
 
-        if not args.multirun:
+        if not args.multirun and stage != "ingest":  # ingest logs no MLflow run
             recorder.launch_early(RECORDER_MODULE)  # loads MLflow while the stage imports and composes the config
         from mmp.config import load_config
         from mmp.errors import ConfigError
         from mmp.pipeline.explain import run_explain
+        from mmp.pipeline.ingest import run_ingest
         from mmp.pipeline.prepare import run_prepare
         from mmp.pipeline.train import run_train
 
@@ -493,7 +506,8 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
             run_multirun(args.overrides, command=" ".join([f"stages/{stage}.py -m", *args.overrides]))
             return
         config = load_config(args.overrides, from_params=not args.overrides)
-        {"prepare": run_prepare, "train": run_train, "explain": run_explain}[stage](config)
+        stages = {"ingest": run_ingest, "prepare": run_prepare, "train": run_train, "explain": run_explain}
+        stages[stage](config)
 
     code = _guarded(action, verbose)
     if "mmp.tracking.recorder" in sys.modules:
