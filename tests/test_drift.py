@@ -93,13 +93,15 @@ def test_batch_inference_flags_the_shifted_column(trained: tuple[Project, str]) 
     assert "drifted: age" in result.stdout, result.stdout
     assert "drift: 'age' has PSI" in result.stderr
     report = json.loads((out / "s.drift.json").read_text())
-    assert report["drifted"] == ["age"] and report["columns"]["age"]["psi"] > 0.2
-    assert report["columns"]["sex"]["psi"] < 0.01 and report["columns"]["prediction"]["psi"] is not None
+    # Older passengers: the scores move too, so the prediction may drift with age; no other column does.
+    assert [name for name in report["drifted"] if name != "prediction"] == ["age"]
+    assert report["columns"]["age"]["psi"] > 0.2 and report["columns"]["sex"]["psi"] < 0.01
     assert (out / "s.drift.png").read_bytes()[:4] == b"\x89PNG"
     batch_run = project.client().get_run(result.stdout.split("batch inference run: ")[1].split()[0])
     assert batch_run.data.metrics["psi_age"] == pytest.approx(report["columns"]["age"]["psi"])
     assert {"psi_sex", "psi_pclass", "psi_prediction"} <= set(batch_run.data.metrics)
-    assert batch_run.data.metrics["drifted_columns"] == 1 and batch_run.data.params["drift_threshold"] == "0.2"
+    assert batch_run.data.metrics["drifted_columns"] == len(report["drifted"])
+    assert batch_run.data.params["drift_threshold"] == "0.2"
     artifacts = {a.path for a in project.client().list_artifacts(batch_run.info.run_id, "drift")}
     assert artifacts == {"drift/s.drift.json", "drift/s.drift.png"}
 
