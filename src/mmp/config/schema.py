@@ -85,6 +85,7 @@ class RecipeConfig:
     task: str = "auto"
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    class_weight: Any = "none"  # none | balanced | {label: weight}
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,7 @@ def _check_values(config: Config) -> None:
     _check_choice("compute.engine", config.compute.engine, COMPUTE_ENGINES)
     if config.compute.n_workers < 1 or config.compute.threads_per_worker < 1:
         raise ConfigError("compute.n_workers and compute.threads_per_worker must be positive integers")
+    _check_class_weight(recipe.class_weight)
     if config.explain.sample_size < 1:
         raise ConfigError("explain.sample_size must be a positive number of rows")
     if not config.monitoring.drift_threshold > 0:
@@ -289,6 +291,19 @@ def _check_values(config: Config) -> None:
         )
     if recipe.model.early_stopping_rounds is not None and recipe.model.early_stopping_rounds < 1:
         raise ConfigError("recipe.model.early_stopping_rounds must be a positive integer or null")
+
+
+def _check_class_weight(value: Any) -> None:
+    if isinstance(value, dict):
+        for label, weight in value.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+                raise ConfigError(f"recipe.class_weight.{label} is {weight!r}; class weights must be positive numbers")
+        return
+    if value not in ("none", "balanced"):
+        raise ConfigError(
+            f"recipe.class_weight is {value!r}; use none, balanced or a mapping of class label to weight, "
+            "e.g. {survived: 3.0}"
+        )
 
 
 def _join(where: str, key: str) -> str:

@@ -40,6 +40,7 @@ class FitData:
     y_valid: np.ndarray
     categorical_indices: list[int] = field(default_factory=list)  # features to treat as native categories
     early_stopping_rounds: int | None = None
+    class_weights: list[float] | None = None  # one per class code (recipe.class_weight); None: unweighted
 
 
 @dataclass

@@ -14,14 +14,17 @@ import polars as pl
 from mmp import data as data_lib
 from mmp import preload, tracking
 from mmp.config import Config, dump_yaml
+from mmp.data.preprocessing import Preprocessor
 from mmp.errors import ConfigError
 from mmp.evaluation.drift import save_reference, training_reference
 from mmp.evaluation.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
 from mmp.files import read_json, staged_dir, write_json_atomic
+from mmp.model import distributed
 from mmp.model.predictor import PREPROCESSING_FILE, Predictor
 from mmp.model.registry import check_model_name, class_name, resolve_params
-from mmp.model.spec import FitData, FitResult
+from mmp.model.spec import FitData, FitResult, ModelSpec
 from mmp.model.trained import TrainedModel, fit
+from mmp.model.weighting import class_weights
 from mmp.pipeline import RECORDER_MODULE
 from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult, load_prepared
 
@@ -44,6 +47,8 @@ def run_train(
     """
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     spec = check_model_name(config.recipe.model.name)
+    if config.compute.engine == "dask":
+        distributed.check_distributed(spec)  # before any data work
     recorder = tracking.start_recorder(config, "train", context, RECORDER_MODULE)
     manifest, preprocessor, splits = load_prepared(config)
     task = manifest["task"]
@@ -54,6 +59,7 @@ def run_train(
     params = resolve_params(spec, task, config.recipe.model.params, config.seed)
     x = {name: preprocessor.transform(frame) for name, frame in splits.items()}
     y = {name: preprocessor.encode_target(frame[preprocessor.target]) for name, frame in splits.items()}
+    weights = class_weights(config.recipe.class_weight, y["train"], preprocessor.classes or [], task)
     tags = {
         f"{tracking.TAG_PREFIX}task": task,
         f"{tracking.TAG_PREFIX}model_class": class_name(spec, task),
@@ -74,8 +80,9 @@ def run_train(
             y["valid"],
             preprocessor.categorical_indices,
             config.recipe.model.early_stopping_rounds,
+            weights,
         )
-        result = fit(spec, task, params, data, on_iteration)
+        result, cluster_tags = _fit(config, spec, task, params, data, preprocessor, manifest["rows"], on_iteration)
         fit_seconds = time.perf_counter() - started
         means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
         model = TrainedModel(spec, task, result.estimator, preprocessor.classes or [], means)
@@ -93,6 +100,8 @@ def run_train(
         extras = {
             "fit_seconds": fit_seconds,
             "best_iteration": result.best_iteration,
+            "cluster_tags": cluster_tags,
+            "class_weights": dict(zip(predictor.classes, weights, strict=True)) if weights else {},
             "history": {split: [float(v) for v in values] for split, values in result.history.items()},
             tracking.LATE_ARTIFACTS: {"plots": config.paths.plots_dir},
         }
@@ -147,8 +156,12 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     predictor = Predictor.load(prepared / PREPROCESSING_FILE, model_dir)
     test_frame = pl.read_parquet(prepared / "test.parquet", n_rows=5)
     mlflow.log_metrics({**flat_metrics(read_json(metrics_file)), "fit_seconds": extras["fit_seconds"]})
+    if extras.get("cluster_tags"):  # compute.engine dask: the cluster the model was fitted on
+        mlflow.set_tags(extras["cluster_tags"])
     if extras["best_iteration"] is not None:
         mlflow.log_metric("best_iteration", extras["best_iteration"])
+    if extras.get("class_weights"):  # what recipe.class_weight came to, per class
+        mlflow.log_params({f"class_weight_effective.{label}": w for label, w in extras["class_weights"].items()})
     for split, values in extras["history"].items():
         # Per-iteration scores as step metrics: the UI draws them as learning curves.
         _log_curve(f"{split}_curve_{_curve_metric(predictor.task)}", values)
@@ -165,6 +178,26 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     from mmp.model.pyfunc import log_model
 
     log_model(predictor, test_frame, prepared / PREPROCESSING_FILE, model_dir)
+
+
+def _fit(
+    config: Config,
+    spec: ModelSpec,
+    task: str,
+    params: dict[str, Any],
+    data: FitData,
+    preprocessor: Preprocessor,
+    rows: dict[str, int],
+    on_iteration: Callable[[int, float], None] | None,
+) -> tuple[FitResult, dict[str, str]]:
+    """Fit here, or on a Dask cluster (compute.engine dask; no per-round callback there), with the cluster's tags."""
+    if config.compute.engine == "local":
+        return fit(spec, task, params, data, on_iteration), {}
+    with distributed.connect(config.compute) as (client, cluster):
+        prepared = config.resolve(config.paths.prepared_dir)
+        cluster_data = distributed.partitioned(prepared, rows, preprocessor, cluster.workers, data)
+        result = distributed.fit(client, spec, task, params, cluster_data)
+    return result, cluster.as_tags(f"{tracking.TAG_PREFIX}cluster.")
 
 
 def _curve_metric(task: str) -> str:

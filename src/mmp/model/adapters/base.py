@@ -17,8 +17,10 @@ import numpy as np
 
 from mmp.errors import ConfigError, ExplainError
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
+from mmp.model.weighting import sample_weights
 
 if TYPE_CHECKING:
+    from mmp.model.distributed import ClusterData
     from mmp.model.trained import TrainedModel
 
 # Hyperparameters whose defaults are None in the libraries, so their type cannot be read off them.
@@ -139,6 +141,7 @@ class Adapter:
     key: str = ""  # ModelSpec.library
     requirements: tuple[str, ...] = ()  # pip distributions a logged model of this library imports
     early_stopping: bool = False
+    distributed: bool = False  # fit_distributed: the library's own Dask trainer (compute.engine dask)
     checks_own_params: bool = False  # the library validates its parameters itself (scikit-learn)
     param_ranges: dict[str, Range | None] = PARAM_RANGES  # documented ranges, checked before any data is read
 
@@ -188,8 +191,15 @@ class Adapter:
         self, spec: ModelSpec, task: str, params: dict[str, Any], data: FitData, on_iteration: OnIteration | None
     ) -> FitResult:
         estimator = load_class(class_path(spec, task))(**params)
-        estimator.fit(data.x_train, data.y_train)
+        weights = sample_weights(data.class_weights, data.y_train)
+        estimator.fit(data.x_train, data.y_train, **({} if weights is None else {"sample_weight": weights}))
         return FitResult(estimator, None, {})
+
+    def fit_distributed(
+        self, client: Any, spec: ModelSpec, task: str, params: dict[str, Any], data: ClusterData
+    ) -> FitResult:
+        """Fit on a Dask cluster (``client``); the result holds the library's local estimator."""
+        raise NotImplementedError(f"{self.key} has no distributed trainer")
 
     # ----------------------------------------------------------------- predicting
 
@@ -278,6 +288,16 @@ def check_range(name: str, value: Any, allowed: Range | None) -> None:
         return
     if not allowed.admits(float(value)):
         raise ConfigError(f"Hyperparameter recipe.model.params.{name} must be {allowed.describe()}, got {value!r}")
+
+
+def weight_param(params: dict[str, Any], name: str, value: Any, *conflicting: str) -> dict[str, Any]:
+    """``params`` with the library's class-weight parameter set from ``recipe.class_weight``; both set is an error."""
+    clash = [key for key in (name, *conflicting) if params.get(key) is not None]
+    if clash:
+        raise ConfigError(
+            f"recipe.class_weight and recipe.model.params.{clash[0]} both weight the classes; keep one of them"
+        )
+    return {**params, name: value}
 
 
 def sum_to_one(values: Any) -> np.ndarray:

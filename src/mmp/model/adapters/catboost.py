@@ -20,6 +20,7 @@ from mmp.model.adapters.base import (
     load_class,
     split_bias,
     sum_to_one,
+    weight_param,
 )
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 
@@ -58,6 +59,8 @@ class CatBoostAdapter(Adapter):
         self, spec: ModelSpec, task: str, params: dict[str, Any], data: FitData, on_iteration: OnIteration | None
     ) -> FitResult:
         kwargs = dict(params)
+        if data.class_weights is not None:  # CatBoost's own parameter: one weight per class code
+            kwargs = weight_param(kwargs, "class_weights", data.class_weights, "auto_class_weights", "scale_pos_weight")
         if data.early_stopping_rounds:
             kwargs["early_stopping_rounds"] = data.early_stopping_rounds
         if on_iteration:

@@ -19,10 +19,12 @@ from mmp.model.adapters.base import (
     load_class,
     split_bias,
     sum_to_one,
+    weight_param,
 )
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 
 if TYPE_CHECKING:
+    from mmp.model.distributed import ClusterData
     from mmp.model.trained import TrainedModel
 
 
@@ -30,6 +32,7 @@ class LightGBMAdapter(Adapter):
     key = "lightgbm"
     requirements = ("lightgbm", "scikit-learn")
     early_stopping = True
+    distributed = True
     # max_depth <= 0 is no limit; subsample_freq <= 0 turns bagging off.
     param_ranges = {**PARAM_RANGES, "max_depth": None, "num_leaves": Range(2, 131072), "subsample_freq": None}
 
@@ -66,6 +69,9 @@ class LightGBMAdapter(Adapter):
         }
         if data.categorical_indices:
             fit_kwargs["categorical_feature"] = data.categorical_indices
+        if data.class_weights is not None:  # LightGBM's own parameter, keyed by the class codes it is fitted on
+            weights = dict(enumerate(data.class_weights))
+            params = weight_param(params, "class_weight", weights, "is_unbalance", "scale_pos_weight")
         estimator = load_class(class_path(spec, task))(**params)
         try:
             estimator.fit(data.x_train, data.y_train, **fit_kwargs)
@@ -74,6 +80,26 @@ class LightGBMAdapter(Adapter):
         raw = getattr(estimator, "evals_result_", {}) or {}
         curves = {split: next(iter(scores.values())) for split, scores in raw.items() if scores}
         return FitResult(estimator, getattr(estimator, "best_iteration_", None) or None, curves)
+
+    def fit_distributed(
+        self, client: Any, spec: ModelSpec, task: str, params: dict[str, Any], data: ClusterData
+    ) -> FitResult:
+        module, name = class_path(spec, task).split(":")
+        estimator = load_class(f"{module}:Dask{name}")(**params, client=client)
+        fit_kwargs = {"categorical_feature": data.categorical_indices} if data.categorical_indices else {}
+        try:
+            estimator.fit(data.x_train, data.y_train, **fit_kwargs)
+        except (ValueError, TypeError) as exc:
+            raise (invalid_params(exc) or exc) from None
+        local = estimator.to_local()
+        if not data.early_stopping_rounds:
+            return FitResult(local, None, {})
+        # lightgbm.dask has no early stopping (each worker sees only its share of the valid split): every round
+        # is trained, then the round that does best on the whole valid split is kept, as early stopping would.
+        curve = _valid_curve(local.booster_, data.local.x_valid, data.local.y_valid, task)
+        best = int(np.argmin(curve)) + 1
+        local.booster_.best_iteration = local._best_iteration = best  # predict and save_model stop there
+        return FitResult(local, best, {"valid": curve})
 
     def set_threads(self, estimator: Any, threads: int) -> None:
         if isinstance(estimator, LoadedBooster):
@@ -127,6 +153,23 @@ class LoadedBooster:
 
 def _booster(estimator: Any) -> Any:
     return estimator.booster if isinstance(estimator, LoadedBooster) else estimator.booster_
+
+
+def _valid_curve(booster: Any, x: np.ndarray, y: np.ndarray, task: str) -> list[float]:
+    """The valid split's loss after each round (logloss, multi-class logloss or RMSE), one tree at a time."""
+    raw: np.ndarray | None = None
+    curve = []
+    for round_ in range(booster.current_iteration()):
+        step = np.asarray(booster.predict(x, raw_score=True, start_iteration=round_, num_iteration=1))
+        raw = step if raw is None else raw + step
+        if task == "regression":
+            curve.append(float(np.sqrt(np.mean((raw - y) ** 2))))
+        elif raw.ndim == 1:  # binary: raw is the log-odds of class 1
+            curve.append(float(np.mean(np.logaddexp(0.0, np.where(y == 1, -raw, raw)))))
+        else:
+            log_norm = np.logaddexp.reduce(raw, axis=1)
+            curve.append(float(np.mean(log_norm - raw[np.arange(len(y)), y])))
+    return curve
 
 
 def _reporter(on_iteration: OnIteration) -> Any:

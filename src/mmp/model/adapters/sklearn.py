@@ -6,13 +6,15 @@ neighbours have none. Fitted models are saved with skops (no pickles).
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmp.errors import ConfigError, ExplainError
-from mmp.model.adapters.base import Adapter, class_path, invalid_params, load_class
+from mmp.model.adapters.base import Adapter, class_path, display_name, invalid_params, load_class, weight_param
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
+from mmp.model.weighting import sample_weights
 
 if TYPE_CHECKING:
     from mmp.model.trained import TrainedModel
@@ -42,9 +44,21 @@ class SklearnAdapter(Adapter):
             mask = np.zeros(data.x_train.shape[1], dtype=bool)
             mask[data.categorical_indices] = True
             kwargs["categorical_features"] = mask
-        estimator = load_class(class_path(spec, task))(**kwargs)
+        fit_kwargs: dict[str, Any] = {}
+        cls = load_class(class_path(spec, task))
+        if data.class_weights is not None:
+            if "class_weight" in cls().get_params():  # the estimator's own parameter, keyed by class code
+                kwargs = weight_param(kwargs, "class_weight", dict(enumerate(data.class_weights)))
+            elif "sample_weight" in inspect.signature(cls.fit).parameters:
+                fit_kwargs["sample_weight"] = sample_weights(data.class_weights, data.y_train)
+            else:
+                raise ConfigError(
+                    f"{display_name(class_path(spec, task))} takes no class or sample weights; "
+                    "set recipe.class_weight to none or pick another model"
+                )
+        estimator = cls(**kwargs)
         try:
-            estimator.fit(data.x_train, data.y_train)
+            estimator.fit(data.x_train, data.y_train, **fit_kwargs)
         except (ValueError, TypeError) as exc:
             raise (invalid_params(exc) or exc) from None
         return FitResult(estimator, None, {})

@@ -8,10 +8,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmp.model.adapters.base import Adapter, class_path, curve_sample, invalid_params, load_class, split_bias
+from mmp.model.adapters.base import (
+    Adapter,
+    class_path,
+    curve_sample,
+    invalid_params,
+    load_class,
+    split_bias,
+    weight_param,
+)
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
+from mmp.model.weighting import sample_weights
 
 if TYPE_CHECKING:
+    from mmp.model.distributed import ClusterData
     from mmp.model.trained import TrainedModel
 
 _PROBABILITY_OBJECTIVES = ("binary:logistic", "multi:softprob")
@@ -21,26 +31,25 @@ class XGBoostAdapter(Adapter):
     key = "xgboost"
     requirements = ("xgboost", "scikit-learn")  # XGBClassifier is a scikit-learn estimator
     early_stopping = True
+    distributed = True
 
     def fit(
         self, spec: ModelSpec, task: str, params: dict[str, Any], data: FitData, on_iteration: OnIteration | None
     ) -> FitResult:
-        kwargs = {"tree_method": "hist", **params}
-        if data.categorical_indices:
-            feature_types = ["q"] * data.x_train.shape[1]
-            for index in data.categorical_indices:
-                feature_types[index] = "c"
-            kwargs.update(enable_categorical=True, feature_types=feature_types)
-        if data.early_stopping_rounds:
-            kwargs["early_stopping_rounds"] = data.early_stopping_rounds
+        kwargs = _fit_kwargs(params, data.x_train.shape[1], data.categorical_indices, data.early_stopping_rounds)
         if on_iteration:
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), _reporter(on_iteration)]
         sample = curve_sample(len(data.x_train))
+        fit_kwargs: dict[str, Any] = {}
+        if data.class_weights is not None:  # per-row weights: scale_pos_weight only covers binary tasks
+            weight_param(params, "sample_weight", None, "scale_pos_weight")
+            fit_kwargs["sample_weight"] = sample_weights(data.class_weights, data.y_train)
         estimator = load_class(class_path(spec, task))(**kwargs)
         try:
             estimator.fit(
                 data.x_train,
                 data.y_train,
+                **fit_kwargs,
                 eval_set=[(data.x_train[sample], data.y_train[sample]), (data.x_valid, data.y_valid)],
                 verbose=False,
             )
@@ -49,6 +58,26 @@ class XGBoostAdapter(Adapter):
         names = {"validation_0": "train", "validation_1": "valid"}
         history = {names.get(k, k): next(iter(v.values())) for k, v in estimator.evals_result().items() if v}
         return FitResult(estimator, getattr(estimator, "best_iteration", None), history)
+
+    def fit_distributed(
+        self, client: Any, spec: ModelSpec, task: str, params: dict[str, Any], data: ClusterData
+    ) -> FitResult:
+        import xgboost.dask  # noqa: F401  (xgboost does not import its Dask module by itself)
+
+        kwargs = _fit_kwargs(params, data.local.x_train.shape[1], data.categorical_indices, data.early_stopping_rounds)
+        module, name = class_path(spec, task).split(":")
+        estimator = load_class(f"{module}.dask:Dask{name}")(**kwargs)
+        estimator.client = client
+        try:
+            estimator.fit(data.x_train, data.y_train, eval_set=[(data.x_valid, data.y_valid)], verbose=False)
+        except (ValueError, TypeError) as exc:
+            raise (invalid_params(exc) or exc) from None
+        evals = estimator.evals_result().get("validation_0") or {}
+        history = {"valid": next(iter(evals.values()))} if evals else {}
+        # The same local estimator a local fit gives: its booster, with best_iteration among its attributes.
+        local = load_class(class_path(spec, task))(**kwargs)
+        local.load_model(bytearray(estimator.get_booster().save_raw("ubj")))
+        return FitResult(local, getattr(local, "best_iteration", None), history)
 
     def output(self, model: TrainedModel, x: np.ndarray) -> np.ndarray:
         if model.task != "regression" and (predict := _fast_probabilities(model)):
@@ -87,6 +116,20 @@ class XGBoostAdapter(Adapter):
         estimator = load_class(class_path(spec, task))()
         estimator.load_model(path)
         return estimator
+
+
+def _fit_kwargs(
+    params: dict[str, Any], n_features: int, categorical: list[int], early_stopping_rounds: int | None
+) -> dict[str, Any]:
+    kwargs = {"tree_method": "hist", **params}
+    if categorical:
+        feature_types = ["q"] * n_features
+        for index in categorical:
+            feature_types[index] = "c"
+        kwargs.update(enable_categorical=True, feature_types=feature_types)
+    if early_stopping_rounds:
+        kwargs["early_stopping_rounds"] = early_stopping_rounds
+    return kwargs
 
 
 def _iterations(estimator: Any) -> tuple[int, int]:
