@@ -80,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     Its outputs go to a folder of its own (``runs/<UTC time>-<recipe>-<data>/``), as a sweep job's do, never
     to dvc.yaml's outputs: ``mmp train`` leaves ``git status`` and ``dvc status`` as they were.
     """
+    from mmp import tracking
     from mmp.explanation.shap import ExplainError
     from mmp.model.registry import check_model_name, check_params
     from mmp.pipeline.explain import run_explain
@@ -90,12 +91,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     check_params(check_model_name(config.recipe.model.name), config.recipe.model.params, config.seed)
     config, folder = _own_run_folder(config)
     try:
-        run_prepare(config)
-        result = run_train(config)
-        try:
-            run_explain(config)
-        except ExplainError as exc:
-            log.warning("explain skipped: %s", exc)
+        with tracking.execution("mmp-train"):  # one pipeline run, the three stage runs its children
+            run_prepare(config)
+            result = run_train(config)
+            try:
+                run_explain(config)
+            except ExplainError as exc:
+                log.warning("explain skipped: %s", exc)
     except BaseException:
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if nothing was written: a stage's outputs are whole or absent

@@ -24,7 +24,7 @@ from mmp.tracking.store import (
     resolve_tracking_uri,
     setup,
 )
-from mmp.tracking.tags import TAG_PREFIX, common_tags, loggable_config, params_of
+from mmp.tracking.tags import TAG_PREFIX, common_tags, execution, loggable_config, params_of
 
 __all__ = [
     "LATE_ARTIFACTS",
@@ -35,6 +35,7 @@ __all__ = [
     "StageRun",
     "common_tags",
     "describe_failure",
+    "execution",
     "failed_status",
     "http_status",
     "is_store_failure",

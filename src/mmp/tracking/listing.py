@@ -11,6 +11,8 @@ from typing import Any
 from mmp.config import Config, tracking_root
 from mmp.evaluation.metrics import LOWER_IS_BETTER
 from mmp.tracking import TAG_PREFIX, setup
+from mmp.tracking.dvc_links import experiment_filter, link_experiment
+from mmp.tracking.tags import EXPS_TAG
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,12 @@ def find_runs(config: Config, query: RunQuery) -> list[Any]:
 
     experiment_id = setup(config)
     filters = []
-    for tag, value in (("stage", query.stage), ("recipe", query.recipe), ("dvc.exp_name", query.dvc_exp)):
+    for tag, value in (("stage", query.stage), ("recipe", query.recipe)):
         if value:
             filters.append(f"tags.`{TAG_PREFIX}{tag}` = '{_quoted(value)}'")
+    if query.dvc_exp:  # also an experiment that DVC restored from its run cache
+        link_experiment(config, query.dvc_exp)
+        filters.append(experiment_filter(query.dvc_exp))
     if query.sweep:
         filters.append(f"tags.`{TAG_PREFIX}sweep_id` = '{_quoted(query.sweep)}'")
     order = ["attributes.start_time DESC"]
@@ -123,8 +128,8 @@ def _variant(tags: dict[str, str]) -> str:
     if job := tags.get(f"{TAG_PREFIX}sweep_job"):
         overrides = tags.get(f"{TAG_PREFIX}sweep_overrides", "").replace("recipe.model.params.", "")
         text = f"#{job} {overrides}".strip()
-    elif exp := tags.get(f"{TAG_PREFIX}dvc.exp_name"):
-        text = f"exp {exp}"
+    elif exp := (tags.get(EXPS_TAG) or tags.get(f"{TAG_PREFIX}dvc.exp_name", "")).split():
+        text = f"exp {', '.join(exp)}"  # and the experiments that restored its outputs
     else:
         return "-"
     return text if len(text) <= 48 else text[:47] + "…"

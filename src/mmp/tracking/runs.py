@@ -1,7 +1,8 @@
 """Mirroring stage runs to MLflow: the store, the experiment, runs, params, tags and lineage.
 
 Every stage run is one MLflow run. Runs are linked by tags (``mmp.prepare_run_id`` on a train run,
-``mmp.train_run_id`` on later stages) and, inside sweeps, by a parent run.
+``mmp.train_run_id`` on later stages) and by a parent run: a sweep's, or the pipeline run that groups the
+stages of one ``dvc repro`` / ``dvc exp run`` / ``mmp train`` execution (:func:`pipeline_parent`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mmp.tracking.store import (
     setup,
     store_paths,
 )
-from mmp.tracking.tags import TAG_PREFIX, _run_name, common_tags, params_of
+from mmp.tracking.tags import EXECUTION_TAG, TAG_PREFIX, common_tags, execution_id, params_of, run_name
 
 if TYPE_CHECKING:
     from mmp.tracking.recorder import RecordedRun, Recorder
@@ -83,6 +84,7 @@ class StageRun:
         self._config, self._stage, self._tags, self._context = config, stage, tags, context
         self._started_ms = started_ms or int(time.time() * 1000)
         self._run: Any = None
+        self.parent_run_id: str | None = None  # the pipeline run, when this run joined one
 
     @property
     def started(self) -> bool:
@@ -118,6 +120,9 @@ class StageRun:
                 run_tags.update(self._context.tags)
                 if self._context.parent_run_id:
                     run_tags["mlflow.parentRunId"] = self._context.parent_run_id
+            elif execution := execution_id():  # sweeps have their own parent
+                self.parent_run_id = pipeline_parent(config, experiment_id, execution, self._started_ms)
+                run_tags.update({"mlflow.parentRunId": self.parent_run_id, EXECUTION_TAG: execution})
             from mlflow.tracking.context.registry import resolve_tags
 
             # As mlflow.start_run would: its default tags (user, source) under ours, and our start time.
@@ -125,7 +130,7 @@ class StageRun:
                 experiment_id,
                 start_time=self._started_ms,
                 tags=resolve_tags(run_tags),
-                run_name=_run_name(config, self._stage, run_tags),
+                run_name=run_name(config, self._stage, run_tags),
             )
             self._run = mlflow.start_run(run_id=created.info.run_id)
             mlflow.log_params(params_of(config))
@@ -133,6 +138,68 @@ class StageRun:
             uri = mlflow.get_tracking_uri()
             raise TrackingError(describe_failure(uri, exc, config.mlflow.experiment_name)) from None
         return self._run
+
+    def close_parent(self, status: str) -> None:
+        """End the pipeline run at this stage's end (FAILED or KILLED stay); the train stage lends it its
+        metrics, so the execution's row in the UI shows them. Best effort: the stage's own run is what counts."""
+        if self.parent_run_id is None or not self.started:
+            return
+        import mlflow
+
+        try:
+            client = mlflow.MlflowClient()
+            parent = client.get_run(self.parent_run_id)
+            if parent.info.status in ("FAILED", "KILLED"):
+                status = parent.info.status
+            if self._stage == "train" and status == "FINISHED":
+                metrics = client.get_run(self.info.run_id).data.metrics
+                lent = [(name, value) for name, value in metrics.items() if "_curve_" not in name]
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                client.log_batch(self.parent_run_id, metrics=[Metric(n, v, now, 0) for n, v in lent[:1000]])
+            client.set_terminated(self.parent_run_id, status)
+        except Exception:
+            log.debug("ending the pipeline run %s failed", self.parent_run_id, exc_info=True)
+
+
+PIPELINE_STAGE = "pipeline"
+
+
+def pipeline_parent(config: Config, experiment_id: str, execution: str, started_ms: int) -> str:
+    """The run that groups the stage runs of one execution: found by its ``mmp.execution`` tag, or created
+    (by the first stage that runs; the UI nests the stage runs under it through ``mlflow.parentRunId``).
+
+    It is RUNNING only while the first stage is; each stage's end ends it again (:meth:`StageRun.close_parent`),
+    so its end time is the last stage's and a stage that failed leaves it FAILED.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{TAG_PREFIX}stage` = '{PIPELINE_STAGE}'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {**common_tags(config, PIPELINE_STAGE), EXECUTION_TAG: execution}
+    tags.pop(f"{TAG_PREFIX}dvc.stage", None)
+    tags["mlflow.source.name"] = execution.split(":", 1)[0]  # what ran the stages: dvc, mmp-train
+    parent = client.create_run(
+        experiment_id,
+        start_time=started_ms,
+        tags=resolve_tags(tags),
+        run_name=run_name(config, PIPELINE_STAGE, tags),
+    )
+    from mlflow.entities import Param
+
+    params = [Param(key, value) for key, value in params_of(config).items()]
+    for start in range(0, len(params), 100):  # the tracking API takes at most 100 params per batch
+        client.log_batch(parent.info.run_id, params=params[start : start + 100])
+    return parent.info.run_id
 
 
 @contextlib.contextmanager
@@ -175,6 +242,7 @@ def stage_run(
 
         with contextlib.suppress(Exception):
             mlflow.end_run(status="FAILED")  # if the store is back already; `mmp mirror` resumes it either way
+        run.close_parent("FAILED")
         if deferred.fatal and raise_fatal:
             raise TrackingError(str(deferred)) from None
     except BaseException as exc:
@@ -193,12 +261,14 @@ def stage_run(
             mlflow.set_tag(f"{TAG_PREFIX}error", redact(" ".join(str(exc).split()))[:1000])
         with contextlib.suppress(Exception):
             mlflow.end_run(status=status)
+        run.close_parent(status)
         raise
     else:
         import mlflow
 
         if (active := mlflow.active_run()) is not None and active.info.run_id == run.info.run_id:
             mlflow.end_run(status="FINISHED")
+        run.close_parent("FINISHED")
 
 
 def failed_status(exc: BaseException) -> str:

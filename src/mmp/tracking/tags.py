@@ -7,6 +7,8 @@ import os
 import platform
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -68,13 +70,73 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+EXPS_TAG = f"{TAG_PREFIX}dvc.exps"  # " name1 name2 ": the DVC experiments whose outputs a run produced
+EXECUTION_TAG = f"{TAG_PREFIX}execution"  # what the stage runs of one pipeline execution share
+EXECUTION_ENV = "MMP_EXECUTION"
+
+
 def dvc_tags() -> dict[str, str]:
     names = {
         "DVC_EXP_NAME": "dvc.exp_name",
         "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev",
         "DVC_STAGE": "dvc.stage",
     }
-    return {f"{TAG_PREFIX}{tag}": os.environ[var] for var, tag in names.items() if os.environ.get(var)}
+    tags = {f"{TAG_PREFIX}{tag}": os.environ[var] for var, tag in names.items() if os.environ.get(var)}
+    if name := os.environ.get("DVC_EXP_NAME"):
+        tags[EXPS_TAG] = f" {name} "  # padded, so `LIKE '% name %'` matches whole names; restores append
+    return tags
+
+
+def execution_id() -> str | None:
+    """The id that the stages of one pipeline execution share, so their runs find one parent run.
+
+    ``MMP_EXECUTION`` when set (``mmp train`` sets it for its three stages and their recorders); under DVC,
+    the process that launched the stage: DVC runs every stage of one ``dvc repro`` / ``dvc exp run`` (and
+    of each queued experiment) from one process, which gives the stages no shared id of its own, but is the
+    nearest ancestor whose environment has no ``DVC_STAGE``. None for a stage run by hand.
+    """
+    if value := os.environ.get(EXECUTION_ENV):
+        return value
+    if not os.environ.get("DVC_STAGE"):
+        return None
+    from mmp.tracking.orphans import process_started
+
+    pid = os.getppid()
+    for _ in range(16):  # stage script <- (shell) <- DVC; a recorder adds one level
+        if pid <= 1:
+            return None
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return None  # no /proc: each stage stands alone
+        if not any(entry.startswith(b"DVC_STAGE=") for entry in environ):
+            started = process_started(pid)
+            return f"dvc:{platform.node()}:{pid}:{started}" if started else None
+        pid = _parent_pid(pid)
+    return None
+
+
+@contextlib.contextmanager
+def execution(source: str) -> Iterator[None]:
+    """Stages run inside the block (and their recorder processes) join one pipeline run."""
+    previous = os.environ.get(EXECUTION_ENV)
+    os.environ[EXECUTION_ENV] = f"{source}:{uuid.uuid4().hex}"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(EXECUTION_ENV, None)
+        else:
+            os.environ[EXECUTION_ENV] = previous
+
+
+def _parent_pid(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return 0
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return int(fields[1]) if len(fields) > 1 else 0
 
 
 def effective_overrides(config: Config) -> list[str]:
@@ -139,13 +201,14 @@ def common_tags(config: Config, stage: str) -> dict[str, str]:
     }
 
 
-def _run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
-    run_name = f"{stage}-{config.recipe.name}"
+def run_name(config: Config, stage: str, run_tags: dict[str, str]) -> str:
+    """``train · lgbm-tuned · penguins``, then the sweep job or DVC experiment when there is one."""
+    parts = [stage, config.recipe.name, config.data.name]
     if job := run_tags.get(f"{TAG_PREFIX}sweep_job"):
-        run_name = f"{run_name}-job{job}"
+        parts.append(f"job {job}")
     if exp_name := os.environ.get("DVC_EXP_NAME"):
-        run_name = f"{run_name}-{exp_name}"
-    return run_name
+        parts.append(exp_name)
+    return " · ".join(parts)
 
 
 def loggable_config(config: Config) -> dict[str, Any]:
