@@ -88,3 +88,79 @@ def test_unsupported_model_fails_clearly() -> None:
     model = TrainedModel(knn, "binary", KNeighborsClassifier(), ["a", "b"])
     with pytest.raises(ExplainError, match="No exact SHAP explainer for sklearn.neighbors.KNeighborsClassifier"):
         explain(model, np.zeros((2, 2), dtype=np.float32), ["a", "b"])
+
+
+# --------------------------------------------------------------------------- charts (issue 15, issue 16 item 7)
+
+
+def test_chart_values_are_in_the_users_units_with_one_hot_groups_decoded() -> None:
+    import polars as pl
+
+    from mmp.data.preprocessing import EncodingPlan
+    from mmp.pipeline.explain import chart_values
+
+    frame = pl.DataFrame({"town": ["north", "south", None, "east"], "age": [20.0, 40.0, None, 60.0], "y": [0, 1, 0, 1]})
+    plan = EncodingPlan(encoding="onehot", imputation="median", scaling="standard")
+    pre = Preprocessor.fit(
+        frame, target="y", task="binary", classes=None, id_columns=[], features=["town", "age"],
+        categorical_columns=[], plan=plan,
+    )  # fmt: skip
+    data, categories = chart_values(pre.transform(frame), pre, ["town", "age"])
+    labels = categories["town"]
+    decoded = [labels[int(code)] if np.isfinite(code) else None for code in data[:, 0]]
+    assert decoded == ["north", "south", None, "east"]  # a row with no level set has no code
+    np.testing.assert_allclose(data[:, 1], [20.0, 40.0, 40.0, 60.0], rtol=1e-5)  # unscaled; the median imputed
+    assert "age" not in categories
+
+
+def test_dependence_charts_tick_category_labels_not_codes() -> None:
+    from mmp.explanation.charts import MISSING_LABEL, dependence_chart
+    from mmp.pipeline.explain import chart_values
+
+    model, pre, x = trained("xgboost", "titanic", "survived")
+    explanation = explain(model, x["test"], pre.feature_groups)
+    data, categories = chart_values(x["test"], pre, explanation.feature_names)
+    column = explanation.feature_names.index("pclass")
+    assert categories["pclass"] == ["1st", "2nd", "3rd"]
+    fig = dependence_chart(explanation.values[:, column], data[:, column], categories["pclass"], "pclass", "t", "")
+    assert [label.get_text() for label in fig.axes[0].get_xticklabels()] == ["1st", "2nd", "3rd"]
+    codes = np.array([0.0, 1.0, -1.0, np.nan])  # -1: the ordinal code of a missing or unseen level
+    fig = dependence_chart(np.zeros(4), codes, ["a", "b"], "f", "t", "")
+    assert [label.get_text() for label in fig.axes[0].get_xticklabels()] == ["a", "b", MISSING_LABEL]
+
+
+def test_beeswarm_layout_and_colours() -> None:
+    from mmp.explanation.charts import colour_scale, swarm_offsets
+
+    offsets = swarm_offsets(np.array([0.0, 0.0, 0.0, 5.0]))
+    assert sorted(offsets[:3]) == [-1.0, 0.0, 1.0] and offsets[3] == 0.0  # equal values stack both ways
+    assert np.array_equal(offsets, swarm_offsets(np.array([0.0, 0.0, 0.0, 5.0])))  # seeded
+    scaled = colour_scale(np.array([np.nan, *range(100)]))
+    assert np.isnan(scaled[0]) and scaled[1] == 0.0 and scaled[-1] == 1.0
+    assert np.isnan(colour_scale(np.full(3, np.nan))).all()  # no numpy warning for an all-NaN column
+
+
+@pytest.mark.slow
+def test_an_xgboost_explanation_with_charts_imports_no_other_library(tmp_path: Path) -> None:
+    """The explain stage of an XGBoost model loads neither shap nor the other model libraries."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_explain import trained
+from mmp.explanation.charts import write_shap_plots
+from mmp.pipeline.explain import chart_values
+model, pre, x = trained("xgboost", "titanic", "survived")
+explanation = explain(model, x["test"], pre.feature_groups)
+data, categories = chart_values(x["test"], pre, explanation.feature_names)
+written = write_shap_plots(Path({str(tmp_path)!r}), explanation, data, top_k=2, categories=categories)
+print(len(written), *sorted(m for m in ("shap", "lightgbm", "catboost", "numba") if m in sys.modules))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", "from mmp.explanation.shap import explain\n" + script],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.split() == ["4"]  # summary, two dependence charts, bar; no other library

@@ -113,16 +113,43 @@ def _write_shap_charts(
 ) -> None:
     from mmp.explanation.charts import write_shap_plots
 
-    # Colour by the encoded value where a column maps to one feature; one-hot groups have none.
-    groups = preprocessor.feature_groups
-    data = np.full((len(x), len(explanation.feature_names)), np.nan)
-    for position, name in enumerate(explanation.feature_names):
-        members = [i for i, group in enumerate(groups) if group == name]
-        if len(members) == 1:
-            data[:, position] = x[:, members[0]]
+    data, categories = chart_values(x, preprocessor, explanation.feature_names)
     write_shap_plots(
-        folder, explanation, data, top_k=config.explain.dependence_top_k, max_display=config.explain.max_display
+        folder,
+        explanation,
+        data,
+        top_k=config.explain.dependence_top_k,
+        max_display=config.explain.max_display,
+        categories=categories,
     )
+
+
+def chart_values(
+    x: np.ndarray, preprocessor: Preprocessor, names: list[str]
+) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """One column per user column, in the user's units, for the charts; and each categorical's labels.
+
+    Numbers are unscaled; a categorical column is its level's code (a one-hot group decoded back to one,
+    NaN where no level is set), which the charts tick with the labels.
+    """
+    states = {column.name: column for column in preprocessor.columns}
+    groups = preprocessor.feature_groups
+    data = np.full((len(x), len(names)), np.nan)
+    categories: dict[str, list[str]] = {}
+    for position, name in enumerate(names):
+        state = states[name]
+        members = [i for i, group in enumerate(groups) if group == name]
+        block = x[:, members].astype(float)
+        if state.kind == "categorical":
+            categories[name] = [str(level) for level in state.categories]
+            if state.encoding == "onehot":
+                data[:, position] = np.where(block.max(axis=1) > 0.5, block.argmax(axis=1), np.nan)
+                continue
+        column = block[:, 0]
+        if state.mean is not None and state.std is not None:
+            column = column * state.std + state.mean
+        data[:, position] = column
+    return data, categories
 
 
 def _mirror_explain(config: Config, run: Any, extras: dict[str, Any]) -> None:
