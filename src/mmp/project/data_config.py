@@ -7,11 +7,13 @@ that says why, so a wrong guess is one line to undo.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+import yaml
 
 from mmp.config import CONFIG_DIR
 from mmp.data.validate import infer_task
@@ -78,6 +80,18 @@ def profile(data_file: Path, target: str, root: Path, name: str | None = None) -
     return result
 
 
+def _scalar(text: str) -> str:
+    """``text`` as a YAML string that Hydra reads back as this string (``yes``, ``1``, ``null`` get quotes)."""
+    plain = text and not text.startswith((" ", "-", "[", "{", "'", '"', "&", "*", "!", "|", ">", "%", "@", "`"))
+    if plain and ":" not in text and "#" not in text and "," not in text and yaml.safe_load(text) == text:
+        return text
+    return json.dumps(text)
+
+
+def _names(names: list[str]) -> str:
+    return "[" + ", ".join(_scalar(n) for n in names) + "]"
+
+
 def render(p: DataProfile) -> str:
     """The YAML text of ``conf/data/<name>.yaml``, with the columns described in comments."""
     ids = [c.name for c in p.columns if c.flag.startswith("id-like")]
@@ -87,13 +101,13 @@ def render(p: DataProfile) -> str:
     lines = [
         f"# Written by `mmp init --data {p.path} --target {p.target}` from the first {p.rows} rows.",
         f"# Task read off the target: {p.task}{classes}. Check the flagged columns below.",
-        f"name: {p.name}",
-        f"path: {p.path}",
-        f"target: {p.target}",
-        f"positive_class: {positive if positive is not None else 'null'}"
+        f"name: {_scalar(p.name)}",
+        f"path: {_scalar(p.path)}",
+        f"target: {_scalar(p.target)}",
+        f"positive_class: {_scalar(positive) if positive is not None else 'null'}"
         + ("   # binary: the class whose probability is scored" if positive is not None else ""),
-        f"id_columns: [{', '.join(ids)}]" + ("   # id-like (see below): kept out of the features" if ids else ""),
-        f"drop_columns: [{', '.join(constant)}]" + ("   # constant (see below): nothing to learn" if constant else ""),
+        f"id_columns: {_names(ids)}" + ("   # id-like (see below): kept out of the features" if ids else ""),
+        f"drop_columns: {_names(constant)}" + ("   # constant (see below): nothing to learn" if constant else ""),
         "categorical_columns: []   # numeric columns to treat as categories (text columns always are)",
         'query: null               # optional SQL filter, e.g. "age >= 18"',
         "",
