@@ -99,9 +99,8 @@ WRAPPED = (
     ("mmp.pipeline.train", "resolve_params", "train.resolve_params"),
     ("mmp.data.preprocessing", "Preprocessor.transform", "train.encode_features"),
     ("mmp.data.preprocessing", "Preprocessor.encode_target", "train.encode_target"),
-    # TODO(model layer rewrite): the fit was ("mmp.pipeline", "build_and_fit", "train.fit"); the model
-    # layer's fit is being rewritten. Wrap its new entry point, as mmp.pipeline.train looks it up, once it
-    # settles. Until then "train.fit" is missing from the report (and "not_wrapped" does not list it).
+    ("mmp.pipeline.train", "fit", "train.fit"),  # mmp.model.trained.fit, as imported by the train stage
+    ("mmp.model.predictor", "Predictor.predict_encoded", "train.predict_splits"),
     ("mmp.pipeline.train", "evaluate", "train.evaluate"),
     ("mmp.model.trained", "TrainedModel.save", "train.save_model"),
     ("mmp.pipeline.prepare", "write_json_atomic", "write_json"),
