@@ -84,6 +84,8 @@ class LightGBMAdapter(Adapter):
     def fit_distributed(
         self, client: Any, spec: ModelSpec, task: str, params: dict[str, Any], data: ClusterData
     ) -> FitResult:
+        # A worker's threads are the cluster's setting (more OpenMP threads than cores spin and stall every round).
+        params = {key: value for key, value in params.items() if key not in ("n_jobs", "num_threads")}
         module, name = class_path(spec, task).split(":")
         estimator = load_class(f"{module}:Dask{name}")(**params, client=client)
         fit_kwargs = {"categorical_feature": data.categorical_indices} if data.categorical_indices else {}

@@ -64,6 +64,8 @@ class XGBoostAdapter(Adapter):
     ) -> FitResult:
         import xgboost.dask  # noqa: F401  (xgboost does not import its Dask module by itself)
 
+        # A worker's threads are the cluster's setting (more OpenMP threads than cores spin and stall every round).
+        params = {key: value for key, value in params.items() if key not in ("n_jobs", "nthread")}
         kwargs = _fit_kwargs(params, data.local.x_train.shape[1], data.categorical_indices, data.early_stopping_rounds)
         module, name = class_path(spec, task).split(":")
         estimator = load_class(f"{module}.dask:Dask{name}")(**kwargs)
