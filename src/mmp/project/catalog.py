@@ -20,7 +20,6 @@ from mmp.model.registry import MODELS, adapter_for, check_model_name, class_name
 
 RECIPES_DIR = "recipes"
 SEARCH_DIR = "search"  # recipes/search/<recipe>.yaml: the space `mmp tune` searches
-TOPICS = ("models", "recipes", "data", "metrics")
 TASKS = ("binary", "multiclass", "regression")
 
 
@@ -141,4 +140,4 @@ def catalog(topic: str, root: Path | None, name: str | None = None) -> str:
         return list_data(root)
     if topic == "metrics":
         return list_metrics()
-    raise ConfigError(f"Unknown list '{topic}'; choose one of {', '.join(TOPICS)}")
+    raise ConfigError(f"Unknown list '{topic}'; choose one of models, recipes, data, metrics")

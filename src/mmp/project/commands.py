@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+TOPICS = ("models", "recipes", "data", "metrics")  # `mmp list TOPIC`; the catalog module is imported when run
 ConfigFrom = Callable[[argparse.Namespace], Any]  # the CLI's one way from -c/-r/-d/overrides to a Config
 
 
@@ -28,8 +29,6 @@ def add_commands(
     commands: Any, add_config_options: Callable[[argparse.ArgumentParser], None], config_from: ConfigFrom
 ) -> None:
     """Register the project commands on the CLI's subparsers."""
-    from mmp.project.catalog import TOPICS
-
     listing = commands.add_parser("list", help="the catalog: models, recipes, data sets or metrics")
     listing.add_argument("topic", choices=TOPICS, help="what to list")
     listing.add_argument("name", nargs="?", help="models only: one model's hyperparameters and defaults")

@@ -41,7 +41,6 @@ _PARAMS_HEADER = "# Composed from conf/ by `mmp init`; `dvc exp run` rewrites it
 @dataclass(frozen=True)
 class InitResult:
     root: Path
-    created: bool  # False: an existing project, only a data config was added
 
 
 def project_dvc_yaml(text: str) -> str:
@@ -130,7 +129,7 @@ def init_project(target: Path, *, force: bool = False) -> InitResult:
     (root / "data").mkdir(exist_ok=True)
     _init_vcs(root)
     write_params(root)
-    return InitResult(root, created=True)
+    return InitResult(root)
 
 
 def describe(result: InitResult) -> str:
