@@ -73,7 +73,7 @@ class SklearnAdapter(Adapter):
                 )
             return "shap.TreeExplainer"
         if model.spec.linear and hasattr(model.estimator, "coef_"):
-            return "shap.LinearExplainer"
+            return "linear.exact"  # shap.LinearExplainer's formula, computed here
         return super().explainer(model)
 
     def output_space(self, model: TrainedModel) -> str:
@@ -84,20 +84,16 @@ class SklearnAdapter(Adapter):
     def contributions(
         self, model: TrainedModel, x: np.ndarray, background: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        import shap
-
         if self.explainer(model) == "shap.TreeExplainer":
+            import shap
+
             explainer = model.cached("tree", lambda: shap.TreeExplainer(model.estimator))
             values = np.asarray(explainer.shap_values(x, check_additivity=False))
+            base = np.atleast_1d(np.asarray(explainer.expected_value, dtype=float))
         else:
             if background is None:
                 raise ExplainError("A linear model needs a background sample (the train split) to be explained")
-            explainer = model.cached(
-                "linear",
-                lambda: shap.LinearExplainer(model.estimator, shap.maskers.Independent(background, 1000)),
-            )
-            values = np.asarray(explainer.shap_values(x))
-        base = np.atleast_1d(np.asarray(explainer.expected_value, dtype=float))
+            values, base = _linear_contributions(model.estimator, x, background)
         if values.ndim == 3:  # (rows, features, classes)
             values = np.moveaxis(values, 2, 1)
             if model.task == "binary" and values.shape[1] == 2:  # forests explain both classes
@@ -113,6 +109,17 @@ class SklearnAdapter(Adapter):
             proba = np.asarray(estimator.predict_proba(x))
             return proba[:, 1] if model.task == "binary" else proba
         return np.asarray(estimator.decision_function(x))
+
+
+def _linear_contributions(estimator: Any, x: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact SHAP values of a linear model with independent features: ``coef * (x - mean(background))``,
+    the formula of ``shap.LinearExplainer``, without importing shap (2-3 s). Values are (rows, features) for
+    one output, else (rows, features, outputs)."""
+    coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=float))  # (outputs, features)
+    mean = np.asarray(background, dtype=float).mean(axis=0)
+    values = (np.asarray(x, dtype=float) - mean)[:, :, None] * coef.T[None, :, :]
+    base = np.atleast_1d(np.asarray(estimator.intercept_, dtype=float)) + coef @ mean
+    return (values[:, :, 0], base) if coef.shape[0] == 1 else (values, base)
 
 
 ADAPTER = SklearnAdapter()
