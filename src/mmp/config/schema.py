@@ -26,6 +26,9 @@ SCALINGS = ("auto", "standard", "none")
 DATA_SOURCES = ("file", "sql")
 COMPUTE_ENGINES = ("local", "dask")
 SPLIT_STRATEGIES = ("random", "stratified", "temporal", "group")
+CALIBRATIONS = ("none", "isotonic", "sigmoid")
+THRESHOLD_METRICS = ("f1", "cost")
+THRESHOLD_COSTS = ("false_positive", "false_negative")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,13 @@ class RecipeConfig:
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     class_weight: Any = "none"  # none | balanced | {label: weight}
+    threshold: Any = 0.5  # binary: a probability of the positive class, or auto (chosen on valid)
+    threshold_metric: str = "f1"  # what auto maximises: f1, or cost (threshold_costs)
+    threshold_costs: dict[str, float] = field(default_factory=lambda: {"false_positive": 1.0, "false_negative": 1.0})
+    calibration: str = "none"  # none | isotonic | sigmoid
+    calibration_force: bool = False  # keep the calibrator even when the valid Brier score does not improve
+    calibration_size: float = 0.2  # share of the train split held out to fit the calibrator
+    calibration_bins: int = 10  # bins of the expected calibration error and the reliability diagram
 
 
 @dataclass(frozen=True)
@@ -283,6 +293,14 @@ def _check_values(config: Config) -> None:
     if config.compute.n_workers < 1 or config.compute.threads_per_worker < 1:
         raise ConfigError("compute.n_workers and compute.threads_per_worker must be positive integers")
     _check_class_weight(recipe.class_weight)
+    _check_threshold(recipe)
+    _check_choice("recipe.calibration", recipe.calibration, CALIBRATIONS)
+    if not 0.0 < recipe.calibration_size < 1.0:
+        raise ConfigError(
+            f"recipe.calibration_size is {recipe.calibration_size}; use a fraction of the train split between 0 and 1"
+        )
+    if recipe.calibration_bins < 2:
+        raise ConfigError(f"recipe.calibration_bins is {recipe.calibration_bins}; use at least 2 bins")
     if config.explain.sample_size < 1:
         raise ConfigError("explain.sample_size must be a positive number of rows")
     if not config.monitoring.drift_threshold > 0:
@@ -304,6 +322,18 @@ def _check_class_weight(value: Any) -> None:
             f"recipe.class_weight is {value!r}; use none, balanced or a mapping of class label to weight, "
             "e.g. {survived: 3.0}"
         )
+
+
+def _check_threshold(recipe: RecipeConfig) -> None:
+    value = recipe.threshold
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (value == "auto" or (number and 0.0 < value < 1.0)):
+        raise ConfigError(f"recipe.threshold is {value!r}; use auto or a probability between 0 and 1, e.g. 0.5")
+    _check_choice("recipe.threshold_metric", recipe.threshold_metric, THRESHOLD_METRICS)
+    for key, cost in recipe.threshold_costs.items():
+        _check_choice("recipe.threshold_costs", key, THRESHOLD_COSTS)
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < float("inf"):
+            raise ConfigError(f"recipe.threshold_costs.{key} is {cost!r}; use a cost of 0 or more")
 
 
 def _join(where: str, key: str) -> str:

@@ -15,8 +15,9 @@ def primary_metric(task: str, configured: str = "auto") -> str:
     return PRIMARY[task] if configured == "auto" else configured
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """``y_true``: class codes 0..k-1; ``proba``: (rows, k) probabilities.
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float | None = None) -> dict[str, float]:
+    """``y_true``: class codes 0..k-1; ``proba``: (rows, k) probabilities; ``threshold``: a binary model's
+    decision threshold on the positive class (else the most probable class is the prediction).
 
     scikit-learn's accuracy, macro precision/recall/F1 (``zero_division=0``), log loss and ROC AUC
     (one-vs-rest macro for multiclass), computed from one confusion matrix and one sort per class:
@@ -24,7 +25,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     """
     codes = np.asarray(y_true).astype(np.int64).ravel()
     k = proba.shape[1]
-    predicted = proba.argmax(axis=1)
+    predicted = (proba[:, 1] > threshold).astype(np.int64) if threshold is not None and k == 2 else proba.argmax(axis=1)
     confusion = np.bincount(codes * k + predicted, minlength=k * k).reshape(k, k)
     hits = np.diag(confusion).astype(np.float64)
     actual, chosen = confusion.sum(axis=1), confusion.sum(axis=0)

@@ -29,6 +29,7 @@ class Prediction:
     task: str
     classes: list[str]
     output: np.ndarray  # (rows, classes) probabilities, or (rows,) values
+    threshold: float | None = None  # binary: the positive (second) class when its probability exceeds it
 
     @property
     def is_regression(self) -> bool:
@@ -36,10 +37,21 @@ class Prediction:
 
     @cached_property
     def labels(self) -> np.ndarray:
-        """The predicted class label of each row (the most probable class), or the value for regression."""
+        """The predicted class label of each row, or the value for regression.
+
+        Binary with a threshold: the positive class when its probability exceeds the threshold (0.5 is the
+        most probable class); otherwise the most probable class.
+        """
         if self.is_regression:
             return np.asarray(self.output, dtype=float)
-        return np.asarray(self.classes, dtype=object)[self.output.argmax(axis=1)]
+        return np.asarray(self.classes, dtype=object)[self.codes]
+
+    @cached_property
+    def codes(self) -> np.ndarray:
+        """The predicted class code of each row (classification)."""
+        if self.threshold is not None and self.output.shape[1] == 2:
+            return (self.output[:, 1] > self.threshold).astype(np.int64)
+        return self.output.argmax(axis=1)
 
     def probabilities(self) -> list[dict[str, float]]:
         """Per row, each class label with its probability."""
@@ -125,7 +137,7 @@ class Predictor:
 
     def predict_encoded(self, x: np.ndarray) -> Prediction:
         """The prediction for an encoded feature matrix (``preprocessor.transform`` or ``encode_rows``)."""
-        return Prediction(self.task, self.classes, self.model.output(x))
+        return Prediction(self.task, self.classes, self.model.output(x), self.model.threshold)
 
     def predict_frame(self, frame: pl.DataFrame) -> Prediction:
         """Raw rows as a frame (batch inference, the pyfunc model, evaluation), checked by :meth:`check_frame`."""

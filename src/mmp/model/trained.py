@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmp.model.adapters.base import Adapter, class_path, display_name
+from mmp.model.calibration import Calibrator
 from mmp.model.registry import MODELS, adapter_for
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 
@@ -45,6 +46,8 @@ class TrainedModel:
     estimator: Any
     classes: list[Any]
     feature_means: list[float] | None = None  # train means of the encoded features (linear SHAP background)
+    calibrator: Calibrator | None = None  # applied to the library's probabilities (recipe.calibration)
+    threshold: float | None = None  # binary: the positive class when its probability exceeds it (else argmax)
 
     @property
     def adapter(self) -> Adapter:
@@ -65,12 +68,17 @@ class TrainedModel:
         return self.adapter.requirements
 
     def output(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (rows, classes) or regression values (rows,) for an encoded matrix."""
+        """Class probabilities (rows, classes), calibrated when a calibrator was kept, or regression values (rows,)."""
+        proba = self.uncalibrated_output(x)
+        return proba if self.calibrator is None else self.calibrator.apply(proba)
+
+    def uncalibrated_output(self, x: np.ndarray) -> np.ndarray:
+        """The library's own probabilities or values."""
         with self._batch_threads(len(x)):
             return self.adapter.output(self, x)
 
     def raw_output(self, x: np.ndarray) -> np.ndarray:
-        """The output that SHAP contributions add up to (margin, log-odds, probability or value)."""
+        """The output that SHAP contributions add up to (margin, log-odds, probability or value), uncalibrated."""
         return self.adapter.raw_output(self, x)
 
     def importances(self) -> np.ndarray | None:
@@ -116,6 +124,8 @@ class TrainedModel:
             "classes": self.classes,
             "file": filename,
             "feature_means": self.feature_means,
+            "calibration": None if self.calibrator is None else self.calibrator.to_dict(),
+            "threshold": self.threshold,
             **extra,
         }
         (folder / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -126,4 +136,5 @@ class TrainedModel:
         spec = MODELS[info["family"]]  # "family": the recipe's model name (the key kept by earlier versions)
         task = info["task"]
         estimator = adapter_for(spec).load(spec, task, folder / info["file"])
-        return cls(spec, task, estimator, info["classes"], info.get("feature_means"))
+        calibrator = Calibrator.from_dict(info.get("calibration"))
+        return cls(spec, task, estimator, info["classes"], info.get("feature_means"), calibrator, info.get("threshold"))

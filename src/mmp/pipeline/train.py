@@ -25,15 +25,15 @@ from mmp.model.registry import check_model_name, class_name, resolve_params
 from mmp.model.spec import FitData, FitResult, ModelSpec
 from mmp.model.trained import TrainedModel, fit
 from mmp.model.weighting import class_weights
-from mmp.pipeline import RECORDER_MODULE
+from mmp.pipeline import RECORDER_MODULE, decisions
 from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult, load_prepared
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
+def evaluate(task: str, y: np.ndarray, output: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """The task's metrics from true labels and a :class:`Prediction`'s output (probabilities or values)."""
-    return regression_metrics(y, output) if task == "regression" else classification_metrics(y, output)
+    return regression_metrics(y, output) if task == "regression" else classification_metrics(y, output, threshold)
 
 
 def run_train(
@@ -60,6 +60,7 @@ def run_train(
     x = {name: preprocessor.transform(frame) for name, frame in splits.items()}
     y = {name: preprocessor.encode_target(frame[preprocessor.target]) for name, frame in splits.items()}
     weights = class_weights(config.recipe.class_weight, y["train"], preprocessor.classes or [], task)
+    fit_rows = decisions.fit_rows(config.recipe, task, y["train"], config.seed)  # train less the calibration rows
     tags = {
         f"{tracking.TAG_PREFIX}task": task,
         f"{tracking.TAG_PREFIX}model_class": class_name(spec, task),
@@ -74,8 +75,8 @@ def run_train(
             preload.start(preload.CHARTS)
         started = time.perf_counter()
         data = FitData(
-            x["train"],
-            y["train"],
+            x["train"][fit_rows],
+            y["train"][fit_rows],
             x["valid"],
             y["valid"],
             preprocessor.categorical_indices,
@@ -86,9 +87,11 @@ def run_train(
         fit_seconds = time.perf_counter() - started
         means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
         model = TrainedModel(spec, task, result.estimator, preprocessor.classes or [], means)
+        # Calibration (fitted on the held-out train rows, kept if it helps valid) and the decision threshold.
+        decided = decisions.decide(config.recipe, model, x, y, ~fit_rows)
         predictor = Predictor(preprocessor, model)
         outputs = {name: predictor.predict_encoded(x[name]).output for name in data_lib.SPLITS}
-        by_split = {name: evaluate(task, y[name], outputs[name]) for name in data_lib.SPLITS}
+        by_split = {name: evaluate(task, y[name], outputs[name], model.threshold) for name in data_lib.SPLITS}
         model_dir = config.resolve(config.paths.model_dir)
         with staged_dir(model_dir) as scratch:
             model.save(scratch, mlflow_run_id=run.info.run_id)
@@ -102,12 +105,14 @@ def run_train(
             "best_iteration": result.best_iteration,
             "cluster_tags": cluster_tags,
             "class_weights": dict(zip(predictor.classes, weights, strict=True)) if weights else {},
+            "decisions": {"params": decided.params, "metrics": decided.metrics},
             "history": {split: [float(v) for v in values] for split, values in result.history.items()},
             tracking.LATE_ARTIFACTS: {"plots": config.paths.plots_dir},
         }
 
         def draw_charts() -> None:  # while a recorder process logs the model
             _write_evaluation_plots(plots_dir, predictor, y["test"], outputs["test"], result)
+            decisions.write_reliability(plots_dir, y["test"], decided, config.recipe.calibration_bins)
 
         written = [model_dir, metrics_file, plots_dir]
         tracking.mirror(config, "train", run, _mirror_train, extras, written, meanwhile=draw_charts)
@@ -160,6 +165,9 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
         mlflow.set_tags(extras["cluster_tags"])
     if extras["best_iteration"] is not None:
         mlflow.log_metric("best_iteration", extras["best_iteration"])
+    if decided := extras.get("decisions"):  # the calibration decision, its scores, the threshold
+        mlflow.log_params(decided["params"])
+        mlflow.log_metrics(decided["metrics"])
     if extras.get("class_weights"):  # what recipe.class_weight came to, per class
         mlflow.log_params({f"class_weight_effective.{label}": w for label, w in extras["class_weights"].items()})
     for split, values in extras["history"].items():

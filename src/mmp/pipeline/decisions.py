@@ -1,0 +1,124 @@
+"""What the train stage decides after the fit: whether a probability calibrator is kept (``recipe.calibration``)
+and a binary model's decision threshold (``recipe.threshold``).
+
+The calibrator is fitted on rows of the train split held out of the model's fit (:func:`fit_rows`), never on
+rows the model saw, and kept only when it lowers the valid split's Brier score (or ``calibration_force``).
+The threshold is chosen on the valid split's probabilities, calibrated when the calibrator was kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmp.config.schema import RecipeConfig
+from mmp.errors import ConfigError
+from mmp.evaluation.calibration import RELIABILITY_FILES, brier, choose_threshold, ece, write_reliability_plot
+from mmp.model.calibration import fit_calibrator
+from mmp.model.trained import TrainedModel
+
+
+@dataclass
+class Decided:
+    params: dict[str, Any] = field(default_factory=dict)  # logged as run params
+    metrics: dict[str, float] = field(default_factory=dict)  # logged as run metrics
+    test_before: np.ndarray | None = None  # test probabilities before and after calibration (reliability plot)
+    test_after: np.ndarray | None = None
+
+
+def fit_rows(recipe: RecipeConfig, task: str, y_train: np.ndarray, seed: int) -> np.ndarray:
+    """The train rows the model is fitted on (a boolean mask): all, or all but a seeded, per-class share of
+    ``recipe.calibration_size`` held out for the calibrator. Checks the settings against the task first."""
+    if recipe.calibration != "none" and task == "regression":
+        raise ConfigError("recipe.calibration applies to classification; set it to none for a regression task")
+    if task != "binary" and recipe.threshold != 0.5:
+        raise ConfigError(f"recipe.threshold applies to binary tasks (this one is {task}); set it to 0.5")
+    rows = np.ones(len(y_train), dtype=bool)
+    if recipe.calibration == "none":
+        return rows
+    rng = np.random.default_rng(seed + 1)  # not the split's own stream
+    codes = np.asarray(y_train, dtype=np.int64)
+    for code in np.unique(codes):
+        members = rng.permutation(np.flatnonzero(codes == code))
+        rows[members[: int(round(len(members) * recipe.calibration_size))]] = False
+    if rows.all() or not rows.any():
+        raise ConfigError(
+            f"recipe.calibration_size {recipe.calibration_size} leaves no rows to fit or to calibrate on "
+            f"({len(y_train)} train rows); change it or use more data"
+        )
+    return rows
+
+
+def decide(
+    recipe: RecipeConfig, model: TrainedModel, x: dict[str, np.ndarray], y: dict[str, np.ndarray], held_out: np.ndarray
+) -> Decided:
+    """Set ``model.calibrator`` and ``model.threshold``; return what to log."""
+    decided = Decided()
+    if recipe.calibration != "none":
+        _calibrate(recipe, model, x, y, held_out, decided)
+    if model.task == "binary":
+        if recipe.threshold == "auto":
+            positive = model.output(x["valid"])[:, 1]
+            metric = recipe.threshold_metric
+            threshold, score = choose_threshold(y["valid"], positive, metric, recipe.threshold_costs)
+            decided.metrics[f"threshold_valid_{'f1' if metric == 'f1' else 'cost_per_row'}"] = score
+        else:
+            threshold = float(recipe.threshold)
+        model.threshold = threshold
+        decided.metrics["decision_threshold"] = threshold
+    return decided
+
+
+def _calibrate(
+    recipe: RecipeConfig,
+    model: TrainedModel,
+    x: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    held_out: np.ndarray,
+    decided: Decided,
+) -> None:
+    bins = recipe.calibration_bins
+    calibrator = fit_calibrator(
+        recipe.calibration, model.uncalibrated_output(x["train"][held_out]), y["train"][held_out]
+    )
+    for split in ("valid", "test"):
+        before = model.uncalibrated_output(x[split])
+        after = calibrator.apply(before)
+        decided.metrics.update(
+            {
+                f"{split}_brier_uncalibrated": brier(y[split], before),
+                f"{split}_brier_calibrated": brier(y[split], after),
+                f"{split}_ece_uncalibrated": ece(y[split], before, bins),
+                f"{split}_ece_calibrated": ece(y[split], after, bins),
+            }
+        )
+        if split == "test":
+            decided.test_before, decided.test_after = before, after
+    was, now = decided.metrics["valid_brier_uncalibrated"], decided.metrics["valid_brier_calibrated"]
+    if now < was:
+        verdict = "kept"
+    elif recipe.calibration_force:
+        verdict = "forced"
+    else:
+        verdict = "dropped"
+    model.calibrator = None if verdict == "dropped" else calibrator
+    decided.params.update(
+        {
+            "calibration_decision": f"{verdict}: valid Brier {was:.5f} -> {now:.5f} ({recipe.calibration})",
+            "calibration_kept": verdict != "dropped",
+            "calibration_rows": int(held_out.sum()),
+            "calibration_ece_bins": bins,
+        }
+    )
+
+
+def write_reliability(folder: Path, y_test: np.ndarray, decided: Decided, bins: int) -> None:
+    """The reliability diagram of the test split, before and after calibration; stale files go otherwise."""
+    if decided.test_before is None or decided.test_after is None:
+        for name in RELIABILITY_FILES:
+            (folder / name).unlink(missing_ok=True)
+        return
+    write_reliability_plot(folder, y_test, decided.test_before, decided.test_after, bins)
