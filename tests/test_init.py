@@ -127,6 +127,8 @@ def test_init_scaffold(new_project: Project) -> None:
     assert (root / "conf" / "recipe" / "xgb-baseline.yaml").is_file()
     assert "- data: survey" in (root / "conf" / "config.yaml").read_text()
     assert "src/" not in (root / "dvc.yaml").read_text()
+    log = new_project.git("log", "--format=%s", "--name-only").stdout
+    assert log.startswith("New mmp project (mmp init)") and "stages/train.py" in log  # dvc exp run needs a commit
 
 
 @pytest.mark.slow

@@ -129,7 +129,18 @@ def init_project(target: Path, *, force: bool = False) -> InitResult:
     (root / "data").mkdir(exist_ok=True)
     _init_vcs(root)
     write_params(root)
+    _first_commit(root)
     return InitResult(root)
+
+
+def _first_commit(root: Path) -> None:
+    """Commit the scaffold (only its own files): `dvc exp run` needs a commit to start from. Without a git
+    identity the commit is left to the user, with a line saying so."""
+    ours = [*COPIED.values(), str(RECIPE_LINK), "dvc.yaml", PARAMS_FILE, "README.md", ".dvc"]
+    subprocess.run(["git", "add", "--", *ours], cwd=root, capture_output=True)
+    result = subprocess.run(["git", "commit", "-q", "-m", "New mmp project (mmp init)"], cwd=root, capture_output=True)
+    if result.returncode != 0:
+        log.warning("The scaffold is not committed (no git identity?); commit it before `dvc exp run`")
 
 
 def describe(result: InitResult) -> str:
