@@ -265,6 +265,9 @@ def metadata(model: LocalModel) -> dict[str, Any]:
         "task": model.predictor.task,
         "target": pre.target,
         "classes": [str(c) for c in model.predictor.classes] or None,
+        # Binary: the positive class's probability above which it is predicted; the calibration applied, if any.
+        "decision_threshold": model.predictor.model.threshold,
+        "calibration": getattr(model.predictor.model.calibrator, "method", None),
         "metrics": card.metrics,
         "top_features": [{"feature": name, "mean_abs_shap": value} for name, value in card.top_features],
         "input_schema": schema,

@@ -413,6 +413,8 @@ def _metadata_schema() -> Schema:
             "task": {"type": "string", "enum": ["binary", "multiclass", "regression"]},
             "target": {"type": "string"},
             "classes": {"type": "array", "items": {"type": "string"}, "nullable": True},
+            "decision_threshold": {"type": "number", "nullable": True},
+            "calibration": {"type": "string", "enum": ["isotonic", "sigmoid"], "nullable": True},
             "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
             "top_features": {
                 "type": "array",

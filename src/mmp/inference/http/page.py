@@ -167,6 +167,8 @@ def _card(metadata: dict[str, Any]) -> str:
         ("Task", metadata.get("task")),
         ("Target", metadata.get("target")),
         ("Classes", ", ".join(map(str, classes)) if classes else None),
+        ("Decision threshold", metadata.get("decision_threshold")),
+        ("Calibration", metadata.get("calibration")),
     ]
     body = "".join(
         f"<tr><th>{escape(label)}</th><td><code>{escape(str(value))}</code></td></tr>"
