@@ -312,6 +312,15 @@ def cmd_system_check(args: argparse.Namespace) -> None:
         raise MmpError(f"{len(failed)} check(s) failed ({', '.join(failed)}); apply the fixes above and run it again")
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> None:
+    """Move MMP 1.x's file store (mlruns/) into mlflow.db, losslessly (``mlflow migrate-filestore``)."""
+    from mmp.tracking.migrate import migrate_store
+
+    done = migrate_store(_config_from(args))
+    print(f"moved {done.runs} run(s) of {done.experiments} experiment(s) from {done.source} into {done.database}")
+    print("artifacts stay in mlruns/; `mmp runs --stage all` and `mlflow ui --port 5000` show them")
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c", "--config", metavar="FILE", help="environment config merged on top (e.g. configs/dev.yaml)"
@@ -452,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/prod.yaml)")
     check.set_defaults(func=cmd_system_check, recipe=None, data=None, overrides=[])
+
+    migrate = commands.add_parser(
+        "migrate-store", help="move an MMP 1.x file store (mlruns/) into the SQLite store mlflow.db"
+    )
+    migrate.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/old.yaml)")
+    migrate.set_defaults(func=cmd_migrate_store, recipe=None, data=None, overrides=[])
 
     from mmp.project.commands import add_commands  # init, get-recipe, list, validate, plots (argparse only)
 

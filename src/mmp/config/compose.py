@@ -17,6 +17,7 @@ The files become nodes of Hydra's ConfigStore for the time of one composition.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -29,6 +30,7 @@ import yaml
 from mmp.config.schema import Config, from_dict
 from mmp.errors import ConfigError
 from mmp.files import scan_table
+from mmp.redaction import redact
 
 CONFIG_DIR = "conf"
 CONFIG_NAME = "config"
@@ -338,4 +340,58 @@ def load_config(
         data_path=data_path,
         from_params=from_params,
     )
+    if isinstance(raw.get("mlflow"), dict):
+        raw["mlflow"] = tracking_settings(raw["mlflow"], root)
     return from_dict(raw, root=root, overrides=tuple(overrides))
+
+
+# --------------------------------------------------------------------------- the tracking store
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MMP 1.x's local default: an MLflow file store in ./mlruns, which MLflow 3 refuses (maintenance mode).
+LEGACY_FILE_STORES = {f"{scheme}{path}" for scheme in ("", "file:") for path in ("mlruns", "./mlruns")}
+_noticed: set[str] = set()  # notices are printed once per process (sweeps load the config per job)
+
+
+def tracking_settings(mlflow: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The ``mlflow`` section with the store it will really use.
+
+    ``MLFLOW_TRACKING_URI`` (environment, or the project's ``.env``) wins over the config, as it does for
+    every MLflow client. MMP 1.x's ``./mlruns`` file store becomes the default local store: SQLite
+    ``mlflow.db`` at the project root, artifacts under ``mlruns/`` (``mmp migrate-store`` moves old runs).
+    Each substitution prints one notice line.
+    """
+    configured = str(mlflow.get("tracking_uri") or DEFAULT_TRACKING_URI)
+    from_env = os.environ.get(TRACKING_URI_ENV) or _dotenv_value(root, TRACKING_URI_ENV)
+    if from_env and from_env != configured:
+        _notice(
+            f"{TRACKING_URI_ENV} is set: runs go to {redact(from_env)}, not mlflow.tracking_uri ({redact(configured)})"
+        )
+    uri = from_env or configured
+    if uri.rstrip("/") in LEGACY_FILE_STORES:
+        _notice(
+            f"tracking_uri {uri} is MMP 1.x's file store; using the default local store instead: "
+            f"{DEFAULT_TRACKING_URI} at the project root, artifacts under mlruns/"
+        )
+        return {
+            **mlflow,
+            "tracking_uri": DEFAULT_TRACKING_URI,
+            "artifact_location": mlflow.get("artifact_location") or "mlruns",
+        }
+    return {**mlflow, "tracking_uri": uri}
+
+
+def _dotenv_value(root: Path, key: str) -> str | None:
+    env_file = root / ".env"
+    if not env_file.is_file():
+        return None
+    from dotenv import dotenv_values
+
+    return dotenv_values(env_file).get(key)
+
+
+def _notice(message: str) -> None:
+    if message not in _noticed:
+        _noticed.add(message)
+        logging.getLogger("mmp").warning(message)

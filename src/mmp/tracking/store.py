@@ -15,6 +15,35 @@ from mmp.errors import ConfigError, TrackingError
 from mmp.files import file_lock, safe_name
 from mmp.redaction import redact
 
+# What the experiment holds, for MLflow's UI (its ExperimentKind values: genai_development,
+# custom_model_development, ...). MLflow 3.17's UI decides its GenAI / Model training mode by the browser's
+# own switch or the link's ``workflowType``, so mmp's links carry that too (:func:`ui_path`).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A view of the runs table the UI opens with ``viewStateShareKey=mmp``: the primary metrics as columns.
+VIEW_KEY = "mmp"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def experiment_tags(config: Config) -> dict[str, str]:
+    """The tags that make MLflow's UI show mmp's experiment as training runs with their primary metrics."""
+    import json
+
+    from mmp.evaluation.metrics import PRIMARY
+
+    primaries = dict.fromkeys(
+        [*([config.recipe.metrics.primary] if config.recipe.metrics.primary != "auto" else []), *PRIMARY.values()]
+    )
+    columns = [f"metrics.`{split}_{name}`" for name in primaries for split in ("test", "valid")]
+    columns += [f"tags.`{tag}`" for tag in ("mmp.recipe", "mmp.data")]
+    view = {"selectedColumns": columns}
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: json.dumps(view)}
+
+
+def ui_path(experiment_id: str) -> str:
+    """The UI's page of the experiment's training runs, with mmp's columns (append to the UI's address)."""
+    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
 
 def resolve_tracking_uri(uri: str, root: Path) -> str:
     """Make a relative local store path absolute against the project root.
@@ -29,6 +58,31 @@ def resolve_tracking_uri(uri: str, root: Path) -> str:
     if "://" not in uri and ":" not in uri.split("/")[0]:
         return (root / uri).resolve().as_uri()
     return uri
+
+
+FILE_STORE = "mlruns"  # where MMP 1.x (and MLflow 2) kept a file store: mlruns/<experiment id>/meta.yaml
+
+
+def file_store_experiments(folder: Path) -> list[Path]:
+    """The experiment folders of an MLflow file store in ``folder`` (MLflow's own test for one)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.isdigit() and (p / "meta.yaml").is_file())
+
+
+def check_file_store(uri: str, store_root: Path) -> None:
+    """Refuse to start a new SQLite store beside runs still in the old file store.
+
+    Its runs would be invisible to mmp, and `mlflow ui` with no flags would keep opening the file store;
+    ``mmp migrate-store`` needs an empty database to move them losslessly.
+    """
+    if not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists():
+        return
+    if file_store_experiments(store_root / FILE_STORE):
+        raise ConfigError(
+            f"{store_root / FILE_STORE} holds an MLflow file store (runs of MMP 1.x); run `mmp migrate-store` "
+            "to move them into mlflow.db, or move that folder away to start afresh"
+        )
 
 
 def load_dotenv(root: Path) -> None:
@@ -55,6 +109,7 @@ def setup(config: Config) -> str:
     uri = resolve_tracking_uri(config.mlflow.tracking_uri, store_root)
     if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
         experiment_folder(config, store_root)  # a name that escapes the store fails before it is created
+    check_file_store(uri, store_root)
     mlflow.set_tracking_uri(uri)
     try:
         with _store_lock(uri):
@@ -80,6 +135,7 @@ def preflight(config: Config) -> None:
     if not uri.startswith(("http://", "https://")):
         if config.mlflow.artifact_location and not uri.startswith("databricks"):
             experiment_folder(config, store_root)  # a name that escapes the store
+        check_file_store(uri, store_root)
         return
     import requests
 
@@ -113,12 +169,17 @@ def _experiment_id(config: Config, uri: str, store_root: Path) -> str:
     name = config.mlflow.experiment_name
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        # An experiment made by MMP 1.x, by hand or by an older mmp gets the tags; a READ-only user may not.
+        for key, value in experiment_tags(config).items():
+            if experiment.tags.get(key) != value:
+                with contextlib.suppress(mlflow.exceptions.MlflowException):
+                    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return str(experiment.experiment_id)
     artifact_location = None
     if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
         artifact_location = experiment_folder(config, store_root).as_uri()
     try:
-        return str(mlflow.create_experiment(name, artifact_location=artifact_location))
+        return str(mlflow.create_experiment(name, artifact_location=artifact_location, tags=experiment_tags(config)))
     except mlflow.exceptions.MlflowException:
         # Another process (a remote client, or a job without the file lock) created it first.
         experiment = mlflow.get_experiment_by_name(name)
