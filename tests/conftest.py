@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,11 @@ class MlflowServer:
     folder: Path
     port: int
     process: subprocess.Popen | None = None
+    # The team set-up (tests/servers.py) points these at PostgreSQL and S3, with their credentials in env.
+    backend_store_uri: str = "sqlite:///mlflow.db"
+    auth_database_uri: str = "sqlite:///basic_auth.db"
+    artifacts_destination: str | None = None  # default: the folder's artifacts/
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -261,7 +266,7 @@ class MlflowServer:
         config = self.folder / "basic_auth.ini"
         # Caching verified credentials for a minute saves a ~0.5 s PBKDF2 check on every request.
         config.write_text(
-            "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///basic_auth.db\n"
+            f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {self.auth_database_uri}\n"
             "admin_username = admin\nauth_cache_ttl_seconds = 60\n"
         )
         env = clean_env(
@@ -269,10 +274,11 @@ class MlflowServer:
             MLFLOW_AUTH_ADMIN_PASSWORD=MLFLOW_ADMIN_PASSWORD,
             MLFLOW_AUTH_CONFIG_PATH=str(config),
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # no background job runner: faster start, fewer processes
+            **self.env,
         )
         command = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--workers", "1", "--backend-store-uri", "sqlite:///mlflow.db"]
-        command += ["--artifacts-destination", str(self.folder / "artifacts")]
+        command += ["--port", str(self.port), "--workers", "1", "--backend-store-uri", self.backend_store_uri]
+        command += ["--artifacts-destination", self.artifacts_destination or str(self.folder / "artifacts")]
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(
                 command, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import BIN, free_port, http_get
+from conftest import BIN, MlflowServer, free_port, http_get
 
 PG_USER = "mmp"
 _PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # newest major version first
@@ -139,8 +139,10 @@ class PostgresServer:
         )
 
     def uri(self, database: str, scheme: str = "postgresql", password: str | None = None) -> str:
-        """A connection URI; ``password`` replaces the real one (e.g. ``${oc.env:MMP_PG_PASSWORD}``)."""
-        return f"{scheme}://{PG_USER}:{password or self.password}@127.0.0.1:{self.port}/{database}"
+        """A connection URI; ``password`` replaces the real one ("" leaves it out: libpq then reads PGPASSWORD)."""
+        secret = self.password if password is None else password
+        user = f"{PG_USER}:{secret}" if secret else PG_USER
+        return f"{scheme}://{user}@127.0.0.1:{self.port}/{database}"
 
     def database(self, name: str, scheme: str = "postgresql") -> str:
         """Create the database ``name`` (a module's own: any text, made a valid name) if missing; its URI."""
@@ -282,3 +284,19 @@ class S3Server:
 
 def start_s3(folder: Path) -> S3Server:
     return S3Server(folder).start()
+
+
+def team_mlflow_server(folder: Path, postgres: PostgresServer, s3: S3Server, bucket: str = "mlflow") -> MlflowServer:
+    """An `mlflow server --app-name basic-auth` as a platform team runs it (not started): runs and users in
+    PostgreSQL, artifacts in S3 served through the server (proxied: clients need no S3 credentials). The
+    database password reaches it as PGPASSWORD and the S3 keys as AWS_* variables, never in a URI."""
+    for database in ("mlflow_store", "mlflow_auth"):
+        postgres.database(database)
+    return MlflowServer(
+        folder,
+        free_port(),
+        backend_store_uri=postgres.uri("mlflow_store", "postgresql+psycopg", password=""),
+        auth_database_uri=postgres.uri("mlflow_auth", "postgresql+psycopg", password=""),
+        artifacts_destination=f"s3://{s3.bucket(bucket)}/artifacts",
+        env={**s3.env, "PGPASSWORD": postgres.password},
+    )
