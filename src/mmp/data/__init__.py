@@ -2,15 +2,25 @@
 splitting (:mod:`.split`) and the preprocessing fitted on the train split (:mod:`.preprocessing`); SQL and
 object store sources and their local snapshots (:mod:`.sources`)."""
 
-from mmp.data.load import file_digest, load, scan
+from mmp.data.load import file_digest, load, parse_errors, scan, scan_checked
 from mmp.data.sources import input_file, local_path, source_location, write_snapshot
 from mmp.data.split import SPLITS, split
-from mmp.data.validate import MAX_CLASSES, Cleaned, clean_and_check, feature_columns, infer_task
+from mmp.data.validate import (
+    MAX_CLASSES,
+    CheckedScan,
+    Cleaned,
+    check_scan,
+    clean_and_check,
+    feature_columns,
+    infer_task,
+)
 
 __all__ = [
     "MAX_CLASSES",
     "SPLITS",
+    "CheckedScan",
     "Cleaned",
+    "check_scan",
     "clean_and_check",
     "feature_columns",
     "file_digest",
@@ -18,7 +28,9 @@ __all__ = [
     "input_file",
     "local_path",
     "load",
+    "parse_errors",
     "scan",
+    "scan_checked",
     "source_location",
     "split",
     "write_snapshot",

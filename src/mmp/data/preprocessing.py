@@ -68,7 +68,7 @@ class Preprocessor:
     @classmethod
     def fit(
         cls,
-        train: pl.DataFrame,
+        train: pl.DataFrame | pl.LazyFrame,
         *,
         target: str,
         task: str,
@@ -78,14 +78,22 @@ class Preprocessor:
         categorical_columns: list[str],
         plan: EncodingPlan,
     ) -> Preprocessor:
+        """Fit on the train split, in memory or as a lazy scan (e.g. of its Parquet file).
+
+        A scan is read in passes that hold at most one column: null counts for all columns, then each
+        categorical column's level counts (a streaming group-by), then the numeric columns whose imputation
+        or scaling needs their values (an exact median needs the whole column).
+        """
+        lazy = train.lazy()
+        schema = lazy.collect_schema()
+        nulls = lazy.select(pl.col(features).null_count()).collect(engine="streaming").row(0, named=True)
         columns = []
         for name in features:
-            series = train[name]
-            categorical = name in categorical_columns or not series.dtype.is_numeric()
-            if categorical:
-                columns.append(_fit_categorical(series, plan))
+            dtype, nullable = schema[name], nulls[name] > 0
+            if name in categorical_columns or not dtype.is_numeric():
+                columns.append(_fit_categorical(lazy, name, dtype, nullable, plan))
             else:
-                columns.append(_fit_numeric(series, plan.imputation, plan.scaling))
+                columns.append(_fit_numeric(lazy, name, dtype, nullable, plan.imputation, plan.scaling))
         return cls(target=target, task=task, classes=classes, id_columns=list(id_columns), columns=columns)
 
     # ----------------------------------------------------------------- applying
@@ -202,49 +210,42 @@ class Preprocessor:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-def _fit_categorical(series: pl.Series, plan: EncodingPlan) -> ColumnState:
+def _fit_categorical(
+    train: pl.LazyFrame, name: str, dtype: pl.DataType, nullable: bool, plan: EncodingPlan
+) -> ColumnState:
     encoding, max_onehot_levels = plan.encoding, plan.max_onehot_levels
-    values = series.cast(pl.String).drop_nulls()
-    counts = values.value_counts(sort=True, name="count")
+    values = train.select(pl.col(name).cast(pl.String)).drop_nulls()
+    counts = values.group_by(name).agg(pl.len().alias("count")).collect(engine="streaming")
     if encoding == "onehot":
         # Most frequent levels first, ties by value, so the state is deterministic.
-        counts = counts.sort(["count", series.name], descending=[True, False]).head(max_onehot_levels)
-        categories = counts[series.name].to_list()
+        counts = counts.sort(["count", name], descending=[True, False]).head(max_onehot_levels)
+        categories = counts[name].to_list()
     else:
-        categories = sorted(counts[series.name].to_list())
+        categories = sorted(counts[name].to_list())
         if encoding == "native" and plan.max_native_levels is not None and len(categories) > plan.max_native_levels:
             encoding = "ordinal"
     return ColumnState(
-        name=series.name,
-        kind="categorical",
-        dtype=str(series.dtype),
-        nullable=series.null_count() > 0,
-        encoding=encoding,
-        categories=categories,
+        name=name, kind="categorical", dtype=str(dtype), nullable=nullable, encoding=encoding, categories=categories
     )
 
 
-def _fit_numeric(series: pl.Series, imputation: str, scaling: str) -> ColumnState:
-    values = series.cast(pl.Float64)
-    impute = None
-    if imputation in ("median", "mean"):
-        valid = values.drop_nulls().drop_nans()
-        impute = float(valid.median() if imputation == "median" else valid.mean())  # type: ignore[arg-type]
-    elif imputation == "zero":
+def _fit_numeric(
+    train: pl.LazyFrame, name: str, dtype: pl.DataType, nullable: bool, imputation: str, scaling: str
+) -> ColumnState:
+    impute = mean = std = None
+    if imputation in ("median", "mean") or scaling == "standard":
+        values = train.select(pl.col(name).cast(pl.Float64)).collect(engine="streaming")[name]
+        if imputation in ("median", "mean"):
+            valid = values.drop_nulls().drop_nans()
+            impute = float(valid.median() if imputation == "median" else valid.mean())  # type: ignore[arg-type]
+        if scaling == "standard":
+            filled = values.fill_null(impute) if impute is not None else values.drop_nulls().drop_nans()
+            mean = float(filled.mean())  # type: ignore[arg-type]
+            std = float(filled.std() or 0.0) or 1.0  # type: ignore[arg-type]
+    if imputation == "zero":
         impute = 0.0
-    mean = std = None
-    if scaling == "standard":
-        filled = values.fill_null(impute) if impute is not None else values.drop_nulls().drop_nans()
-        mean = float(filled.mean())  # type: ignore[arg-type]
-        std = float(filled.std() or 0.0) or 1.0  # type: ignore[arg-type]
     return ColumnState(
-        name=series.name,
-        kind="numeric",
-        dtype=str(series.dtype),
-        nullable=series.null_count() > 0,
-        impute=impute,
-        mean=mean,
-        std=std,
+        name=name, kind="numeric", dtype=str(dtype), nullable=nullable, impute=impute, mean=mean, std=std
     )
 
 

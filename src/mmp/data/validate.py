@@ -16,9 +16,10 @@ MAX_CLASSES = 50  # an integer target with at most this many values may be class
 _INT_CLASSIFICATION_LEVELS = 20  # task=auto: an integer target with more values is regression
 
 
-def feature_columns(frame: pl.DataFrame, data: DataConfig) -> list[str]:
+def feature_columns(frame: pl.DataFrame | pl.LazyFrame, data: DataConfig) -> list[str]:
     excluded = {data.target, *data.id_columns, *data.drop_columns}
-    return [c for c in frame.columns if c not in excluded]
+    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
+    return [c for c in names if c not in excluded]
 
 
 @dataclass(frozen=True)
@@ -29,35 +30,68 @@ class Cleaned:
     dropped_null_target: int
 
 
+@dataclass(frozen=True)
+class CheckedScan:
+    """:func:`check_scan`'s result: the cleaned rows as a lazy query, and what the checks found out."""
+
+    frame: pl.LazyFrame  # rows with a target, the target as text for classification
+    keys: pl.DataFrame  # the columns a split needs (target, time, group), in memory: a few bytes a row
+    rows: int
+    task: str
+    classes: list[str] | None
+    dropped_null_target: int
+
+
 def clean_and_check(frame: pl.DataFrame, data: DataConfig, requested_task: str) -> Cleaned:
     """Validate the data against the config and settle the task.
 
     Rows whose target is missing are dropped (they cannot be learnt from), and counted.
     """
+    checked = check_scan(frame.lazy(), data, requested_task, [data.target])
+    return Cleaned(checked.frame.collect(), checked.task, checked.classes, checked.dropped_null_target)
+
+
+def check_scan(frame: pl.LazyFrame, data: DataConfig, requested_task: str, key_columns: list[str]) -> CheckedScan:
+    """:func:`clean_and_check` in streaming passes: the counts and checks are aggregations, and only
+    ``key_columns`` (those of them in the data) are held in memory.
+    """
     target = data.target
-    n_null = frame[target].null_count()
+    schema = frame.collect_schema()
+    features = feature_columns(frame, data)
+    keep = pl.col(target).is_not_null()
+    stats = _column_stats(frame, schema, features, data, keep)
+    n_null = stats["target_nulls"]
     if n_null:
         log.warning("Dropping %d row(s) whose target '%s' is missing", n_null, target)
-        frame = frame.filter(pl.col(target).is_not_null())
-    if frame.height == 0:
+    rows = stats["rows"] - n_null
+    if rows == 0:
         where = f" after data.query '{data.query}'" if data.query else ""
         raise DataError(
             f"No rows left{where} once rows with a missing target are dropped; check the data file and data.query"
         )
-    for column in feature_columns(frame, data):
-        series = frame[column]
-        if series.null_count() == frame.height:
+    for column in features:
+        if stats[f"nulls:{column}"] == rows:
             raise DataError(f"Column '{column}' is entirely empty; add it to data.drop_columns or fix the data file")
-        _check_feature(series, data)
-    if frame[target].dtype.is_float() and frame[target].is_infinite().any():
+        if count := stats.get(f"inf:{column}"):
+            raise DataError(
+                f"Column '{column}' holds {count} infinite value(s) (inf); replace them in the data file "
+                "(leave the cell empty for a missing value), or add the column to data.drop_columns"
+            )
+        n_numbers, n_values = stats.get(f"numbers:{column}", 0), stats.get(f"values:{column}", 0)
+        if 0 < n_numbers < n_values:
+            _warn_mixed(frame.filter(keep).select(column).collect(engine="streaming")[column], n_numbers)
+    if stats.get("inf:target"):
         raise DataError(f"Target '{target}' holds infinite values (inf); fix or remove those rows in the data file")
-    if frame.height < 20:
-        raise DataError(f"Only {frame.height} rows to learn from; mmp needs at least 20 to split train/valid/test")
-    task = infer_task(frame[target], requested_task, target)
+    if rows < 20:
+        raise DataError(f"Only {rows} rows to learn from; mmp needs at least 20 to split train/valid/test")
+    wanted = list(dict.fromkeys([target, *(c for c in key_columns if c in schema)]))
+    keys = frame.filter(keep).select(wanted).collect(engine="streaming")
+    task = infer_task(keys[target], requested_task, target)
     classes = None
     if task != "regression":
-        frame = frame.with_columns(pl.col(target).cast(pl.String))
-        classes = sorted(frame[target].unique().to_list())
+        frame = frame.filter(keep).with_columns(pl.col(target).cast(pl.String))
+        keys = keys.with_columns(pl.col(target).cast(pl.String))
+        classes = sorted(keys[target].unique().to_list())
         if data.positive_class is not None and task == "binary":
             if data.positive_class not in classes:
                 raise DataError(
@@ -65,31 +99,42 @@ def clean_and_check(frame: pl.DataFrame, data: DataConfig, requested_task: str) 
                     f"(values: {', '.join(classes)}); fix data.positive_class"
                 )
             classes = [c for c in classes if c != data.positive_class] + [data.positive_class]
-    return Cleaned(frame, task, classes, n_null)
+    else:
+        frame = frame.filter(keep)
+    return CheckedScan(frame, keys, rows, task, classes, n_null)
 
 
-def _check_feature(series: pl.Series, data: DataConfig) -> None:
-    """Infinite numbers fail; a text column that is mostly numbers is trained as a categorical: say so."""
-    name = series.name
-    if series.dtype.is_float() and series.is_infinite().any():
-        count = int(series.is_infinite().sum())
-        raise DataError(
-            f"Column '{name}' holds {count} infinite value(s) (inf); replace them in the data file "
-            "(leave the cell empty for a missing value), or add the column to data.drop_columns"
-        )
-    if series.dtype != pl.String or name in data.categorical_columns:
-        return
+def _column_stats(
+    frame: pl.LazyFrame, schema: pl.Schema, features: list[str], data: DataConfig, keep: pl.Expr
+) -> dict[str, int]:
+    """One streaming pass: row and null counts, infinities, and numbers among text values, per column."""
+    target = data.target
+    exprs = [pl.len().alias("rows"), pl.col(target).null_count().alias("target_nulls")]
+    if schema[target].is_float():
+        exprs.append(pl.col(target).filter(keep).is_infinite().sum().alias("inf:target"))
+    for name in features:
+        column = pl.col(name).filter(keep)
+        exprs.append(column.null_count().alias(f"nulls:{name}"))
+        if schema[name].is_float():
+            exprs.append(column.is_infinite().sum().alias(f"inf:{name}"))
+        elif schema[name] == pl.String and name not in data.categorical_columns:
+            # A text column that is mostly numbers is trained as a categorical: counted here, said once below.
+            exprs.append(column.count().alias(f"values:{name}"))
+            exprs.append(column.str.strip_chars().cast(pl.Float64, strict=False).count().alias(f"numbers:{name}"))
+    row = frame.select(exprs).collect(engine="streaming").row(0, named=True)
+    return {key: int(value or 0) for key, value in row.items()}
+
+
+def _warn_mixed(series: pl.Series, n_numbers: int) -> None:
+    """A text column that is mostly numbers is trained as a categorical: say so."""
     values = series.drop_nulls()
     numbers = values.str.strip_chars().cast(pl.Float64, strict=False)
-    n_numbers = values.len() - numbers.null_count()
-    if n_numbers == 0 or n_numbers == values.len():
-        return
     texts = values.filter(numbers.is_null()).unique(maintain_order=True).head(3).to_list()
     log.warning(
         "Column '%s' mixes numbers and text (%d numeric value(s), and e.g. %s): it is trained as a categorical "
         "column with %d levels. If it is numeric, fix the text values in the file (an empty cell is a missing "
         "value); if it is categorical, list it in data.categorical_columns",
-        name,
+        series.name,
         n_numbers,
         ", ".join(repr(text) for text in texts),
         values.n_unique(),

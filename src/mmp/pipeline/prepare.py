@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -21,18 +23,60 @@ from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult
 log = logging.getLogger(__name__)
 
 
-def check_inputs(
-    config: Config, spec: ModelSpec | None = None
-) -> tuple[data_lib.Cleaned, dict[str, pl.DataFrame], list[str]]:
+_ROW = "__mmp_row"  # the row's position among the cleaned rows: how a split's rows are picked out of the scan
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The prepare stage's view of the data, before anything is written: cleaned (a lazy query), split."""
+
+    checked: data_lib.CheckedScan
+    parts: dict[str, pl.DataFrame]  # per split: the row positions (and split keys) of its rows, in output order
+    features: list[str]
+    path: Path  # the file read (a SQL or remote source: its local snapshot)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {name: part.height for name, part in self.parts.items()}
+
+
+def check_inputs(config: Config, spec: ModelSpec | None = None) -> Inputs:
     """The prepare stage's checks of config and data, with no side effect: the data cleaned, split and its
-    feature columns. ``mmp validate`` runs exactly these, so it answers the errors the stage would."""
+    feature columns. ``mmp validate`` runs exactly these, so it answers the errors the stage would.
+
+    The data file is streamed: counts and checks are aggregations, and only the columns a split needs
+    (the target, a time or group column) and a row position are held in memory.
+    """
     spec = spec or check_model_name(config.recipe.model.name)
     data_cfg = config.data
-    frame = data_lib.load(data_cfg, data_lib.input_file(data_cfg, config.root))
-    cleaned = data_lib.clean_and_check(frame, data_cfg, config.recipe.task)
-    resolve_params(spec, cleaned.task, config.recipe.model.params, config.seed)  # the model can do this task
-    parts = data_lib.split(cleaned.frame, data_cfg.target, cleaned.task, config.split, config.seed)
-    return cleaned, parts, data_lib.feature_columns(cleaned.frame, data_cfg)
+    path = data_lib.input_file(data_cfg, config.root)
+    keys = [c for c in (config.split.time_column, config.split.group_column) if c]
+    with data_lib.parse_errors(path):
+        checked = data_lib.check_scan(data_lib.scan_checked(data_cfg, path), data_cfg, config.recipe.task, keys)
+    resolve_params(spec, checked.task, config.recipe.model.params, config.seed)  # the model can do this task
+    if any(c not in checked.keys.columns for c in keys):  # split's own error, naming the file's columns
+        data_lib.split(checked.frame.clear().collect(), data_cfg.target, checked.task, config.split, config.seed)
+    # The split sees the key columns only: the same assignment as over the whole frame, for the same seed.
+    parts = data_lib.split(checked.keys.with_row_index(_ROW), data_cfg.target, checked.task, config.split, config.seed)
+    return Inputs(checked, parts, data_lib.feature_columns(checked.frame, data_cfg), path)
+
+
+def write_splits(inputs: Inputs, folder: Path) -> None:
+    """Each split streamed from the data file to ``folder/<split>.parquet`` (``sink_parquet``): the rows are
+    never all in memory. A split's rows come out in the order the split gave them (file order, or time order)."""
+    indexed = inputs.checked.frame.with_row_index(_ROW)
+    total = inputs.checked.rows
+    for name, part in inputs.parts.items():
+        rows = part[_ROW]
+        if not rows.is_sorted():  # a temporal split: its rows in time order
+            query = rows.to_frame().lazy().join(indexed, on=_ROW, how="left", maintain_order="left")
+        elif 2 * rows.len() > total:  # the larger side of the membership test is the complement
+            others = pl.concat([p[_ROW] for n, p in inputs.parts.items() if n != name])
+            query = indexed.filter(~pl.col(_ROW).is_in(others.implode()))
+        else:
+            query = indexed.filter(pl.col(_ROW).is_in(rows.implode()))
+        with data_lib.parse_errors(inputs.path):
+            query.drop(_ROW).sink_parquet(folder / f"{name}.parquet", engine="streaming")
 
 
 def run_prepare(config: Config, context: tracking.RunContext | None = None) -> StageResult:
@@ -40,29 +84,28 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     tracking.preflight(config)  # bad credentials or a server that is down fail here, before any data work
     spec = check_model_name(config.recipe.model.name)
     data_cfg = config.data
-    data_path = data_lib.input_file(data_cfg, config.root)  # a SQL or remote source: its local snapshot
     recorder = tracking.start_recorder(config, "prepare", context, RECORDER_MODULE)
     if recorder is None:
         preload.start(preload.MLFLOW)  # while Polars reads
-    cleaned, parts, features = check_inputs(config, spec)
-    preprocessor = Preprocessor.fit(
-        parts["train"],
-        target=data_cfg.target,
-        task=cleaned.task,
-        classes=cleaned.classes,
-        id_columns=data_cfg.id_columns,
-        features=features,
-        categorical_columns=data_cfg.categorical_columns,
-        plan=encoding_plan(spec, config.recipe.preprocessing),
-    )
-    digest = data_lib.file_digest(data_path)
-    rows = {name: part.height for name, part in parts.items()}
-    tags = {f"{tracking.TAG_PREFIX}task": cleaned.task, f"{tracking.TAG_PREFIX}data_digest": digest}
+    inputs = check_inputs(config, spec)
+    checked = inputs.checked
+    digest = data_lib.file_digest(inputs.path)
+    rows = inputs.rows
+    tags = {f"{tracking.TAG_PREFIX}task": checked.task, f"{tracking.TAG_PREFIX}data_digest": digest}
     with tracking.stage_run(config, "prepare", tags=tags, context=context, lazy=True, recorder=recorder) as run:
         out_dir = config.resolve(config.paths.prepared_dir)
         with staged_dir(out_dir) as scratch:
-            for name, part in parts.items():  # first: Polars writes without the GIL while MLflow loads
-                part.write_parquet(scratch / f"{name}.parquet")
+            write_splits(inputs, scratch)  # first: Polars writes without the GIL while MLflow loads
+            preprocessor = Preprocessor.fit(
+                pl.scan_parquet(scratch / "train.parquet"),
+                target=data_cfg.target,
+                task=checked.task,
+                classes=checked.classes,
+                id_columns=data_cfg.id_columns,
+                features=inputs.features,
+                categorical_columns=data_cfg.categorical_columns,
+                plan=encoding_plan(spec, config.recipe.preprocessing),
+            )
             preprocessor.save(scratch / PREPROCESSING_FILE)
             manifest = {
                 "prepare_run_id": run.info.run_id,
@@ -71,18 +114,16 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
                     "path": data_cfg.path or str(data_lib.source_location(data_cfg, config.root)),
                     "digest": digest,
                 },
-                "task": cleaned.task,
+                "task": checked.task,
                 "target": data_cfg.target,
-                "classes": cleaned.classes,
+                "classes": checked.classes,
                 "rows": rows,
-                "dropped_null_target": cleaned.dropped_null_target,
-                "features": features,
+                "dropped_null_target": checked.dropped_null_target,
+                "features": inputs.features,
             }
             write_json_atomic(scratch / MANIFEST_FILE, manifest)
         tracking.mirror(config, "prepare", run, _mirror_prepare, {}, [out_dir])
-    log.info(
-        "prepare: %s rows -> train %d / valid %d / test %d (%s)", cleaned.frame.height, *rows.values(), cleaned.task
-    )
+    log.info("prepare: %s rows -> train %d / valid %d / test %d (%s)", checked.rows, *rows.values(), checked.task)
     return StageResult(run.info.run_id, [out_dir], {f"rows_{k}": v for k, v in rows.items()})
 
 

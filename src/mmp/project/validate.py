@@ -12,13 +12,14 @@ def validate(config: Config) -> str:
     functions, same one-line errors); return a short summary. Nothing is written or tracked."""
     spec = check_model_name(config.recipe.model.name)
     check_params(spec, config.recipe.model.params, config.seed)  # what `mmp train` checks first
-    cleaned, parts, features = check_inputs(config, spec)
+    inputs = check_inputs(config, spec)
+    cleaned, parts, features = inputs.checked, inputs.parts, inputs.features
     classes = f", classes: {', '.join(cleaned.classes)}" if cleaned.classes else ""
     rows = " / ".join(f"{name} {part.height}" for name, part in parts.items())
     return "\n".join(
         [
             f"OK: config and data are valid; `mmp train` would train {class_name(spec, cleaned.task)}.",
-            f"  data    {config.data.name}: {config.data.path} ({cleaned.frame.height} rows, {len(features)} features)",
+            f"  data    {config.data.name}: {config.data.path} ({cleaned.rows} rows, {len(features)} features)",
             f"  target  {config.data.target} ({cleaned.task}{classes})",
             f"  recipe  {config.recipe.name} (model.name {config.recipe.model.name})",
             f"  split   {rows}",
