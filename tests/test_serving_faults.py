@@ -83,6 +83,17 @@ def wait_for_workers(server: Server, count: int, gone: set[int] = frozenset(), t
     raise AssertionError(f"not {count} workers after {timeout} s:\n{server.log_path.read_text()[-4000:]}")
 
 
+def wait_until_ready(server: Server, pids: set[int], timeout: float = 60) -> None:
+    """Wait for each worker's ``worker_ready`` log line (its model is loaded; it can answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = server.log_path.read_text()
+        if all(f'{{"event": "worker_ready", "pid": {pid}}}' in log for pid in pids):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"workers {sorted(pids)} not ready after {timeout} s:\n{server.log_path.read_text()[-4000:]}")
+
+
 def answers(server: Server, within: float = 10) -> float:
     """Seconds until /health and a /predict both answer 200 (fails after ``within`` seconds)."""
     started = time.monotonic()
@@ -103,17 +114,17 @@ def answers(server: Server, within: float = 10) -> float:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_server_survives_a_worker_exit(server: Server, sig: signal.Signals) -> None:
     first = wait_for_workers(server, 2)
+    wait_until_ready(server, first)
     victim = min(first)
     os.kill(victim, sig)
     recovery = answers(server, within=5)
     print(f"{sig.name} of a worker: /health and /predict answered 200 after {recovery * 1000:.0f} ms")
     assert recovery < 5
     # gunicorn starts a replacement, which loads the model from the folder the exiting worker used to delete
-    wait_for_workers(server, 2, gone={victim})
+    wait_until_ready(server, wait_for_workers(server, 2, gone={victim}) - first)
     os.kill(max(first), sig)  # now the other one: the replacement alone must serve
     assert answers(server, within=5) < 5
-    wait_for_workers(server, 2, gone=first)
-    time.sleep(3)  # the replacements load the model before the next test kills one of them
+    wait_until_ready(server, wait_for_workers(server, 2, gone=first))  # before the next test kills one
     assert server.process.poll() is None
     assert "MLmodel" not in server.log_path.read_text()
 
