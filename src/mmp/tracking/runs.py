@@ -242,7 +242,8 @@ def stage_run(
 
         with contextlib.suppress(Exception):
             mlflow.end_run(status="FAILED")  # if the store is back already; `mmp mirror` resumes it either way
-        run.close_parent("FAILED")
+        # The pipeline run is left alone while the store fails (each call would wait out its retries);
+        # if it is still RUNNING, the next command that opens the store ends it (orphans.reap).
         if deferred.fatal and raise_fatal:
             raise TrackingError(str(deferred)) from None
     except BaseException as exc:
@@ -261,7 +262,8 @@ def stage_run(
             mlflow.set_tag(f"{TAG_PREFIX}error", redact(" ".join(str(exc).split()))[:1000])
         with contextlib.suppress(Exception):
             mlflow.end_run(status=status)
-        run.close_parent(status)
+        if not isinstance(exc, TrackingError):  # as above: not while the store fails
+            run.close_parent(status)
         raise
     else:
         import mlflow
