@@ -16,8 +16,8 @@ draws its charts while the model is logged), ``finish`` or ``fail``. The recorde
 stage process dies, the recorder sees its pipe close and ends the run KILLED.
 
 Stages use one when they run alone in a process that has not loaded MLflow: the stage scripts (so
-``dvc repro`` and ``dvc exp run``) and ``mmp train``. Sweeps keep MLflow in their own process, loaded
-once for all their jobs; ``MMP_RECORDER=0`` does the same for a single stage.
+``dvc repro`` and ``dvc exp run``). Sweeps and ``mmp train`` (which sets ``MMP_RECORDER=0`` unless it is
+set) keep MLflow in their own process, loaded once for all their stages and jobs.
 """
 
 from __future__ import annotations
