@@ -15,6 +15,9 @@ import yaml
 from conftest import BIN, REPO, Project, Server, free_port, http_get, make_project, wait_for_http
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
+TEAM = ("postgres", "s3", "s3-bucket", "mlflow-team")  # profile team: the set-up of docs/mlflow.md, "Team tracking"
+# Each team service's secret, from .env: compose substitutes it, the file holds none.
+SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD")
 
 
 def compose() -> dict[str, Any]:
@@ -32,7 +35,7 @@ def command_line(service: str, **variables: str) -> list[str]:
 
 def test_services_profiles_ports_and_volumes() -> None:
     services = compose()["services"]
-    assert set(services) == {"mlflow", "serve"}
+    assert set(services) == {"mlflow", "serve", *TEAM}
     expected = {"mlflow": ("mlflow", "5000:5000"), "serve": ("serve", "8000:8000")}
     for name, (profile, port) in expected.items():
         service = services[name]
@@ -55,11 +58,18 @@ def test_services_profiles_ports_and_volumes() -> None:
 def test_docker_compose_validates_the_file() -> None:
     """docker-compose v1 validates offline (it has no engine to talk to for `config`)."""
     env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "PWD": str(REPO), "MODEL_RUN_ID": "abc123"}
+    env.update({name: f"{name.lower()}-value" for name in (*SECRETS, "MLFLOW_FLASK_SERVER_SECRET_KEY")})
     result = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE_FILE), "config"], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
+    team = resolved["mlflow-team"]["environment"]
+    assert team["PGPASSWORD"] == resolved["postgres"]["environment"]["POSTGRES_PASSWORD"] == "postgres_password-value"
+    assert (
+        team["AWS_SECRET_ACCESS_KEY"] == resolved["s3"]["environment"]["MINIO_ROOT_PASSWORD"] == "s3_secret_key-value"
+    )
+    assert resolved["mlflow-team"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert resolved["serve"]["command"] == "mmp serve-api --run-id=abc123 --host 0.0.0.0 --port 8000"
     assert resolved["mlflow"]["working_dir"] == str(REPO)
     assert resolved["mlflow"]["volumes"][0].startswith(f"{REPO}:{REPO}")
@@ -135,3 +145,35 @@ def test_serve_service_command_serves_the_chosen_run(trained: tuple[Project, str
     result = project.run(*on_loopback(command_line("serve", MODEL_RUN_ID=""), free_port()), check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "mmp: error: Name the model with --run-id RUN_ID" in result.stderr
+
+
+def test_team_profile_keeps_secrets_in_env_and_runs_the_tested_server_command() -> None:
+    """Profile team: PostgreSQL (not published), an S3-compatible store, the bucket, and the MLflow server, set
+    up as tests/test_team_tracking.py runs it for real (servers.team_mlflow_server): store and users in
+    PostgreSQL with the password as PGPASSWORD, artifacts proxied to S3 with the keys as AWS_* variables."""
+    from test_docs import check_mlflow
+
+    services = compose()["services"]
+    assert all(services[name]["profiles"] == ["team"] for name in TEAM)
+    assert "ports" not in services["postgres"] and "ports" not in services["s3"]  # reached by the server only
+    text = COMPOSE_FILE.read_text()
+    for name in SECRETS:
+        assert f"${{{name}:-}}" in text
+    secret_keys = ("PASSWORD", "SECRET", "KEY_ID")
+    for service in TEAM:
+        for key, value in services[service].get("environment", {}).items():
+            if any(part in key for part in secret_keys):
+                assert str(value).startswith("${") and str(value).endswith(":-}"), f"{service}: {key} is written in"
+    argv = shlex.split(services["mlflow-team"]["command"].replace("${MLFLOW_ALLOWED_HOSTS:-", "").replace("}", ""))
+    check_mlflow(argv)  # mlflow's own click parser accepts every option
+    options = dict(zip(argv[2::2], argv[3::2], strict=False))
+    assert argv[:2] == ["mlflow", "server"] and options["--app-name"] == "basic-auth"
+    assert options["--backend-store-uri"] == "postgresql+psycopg://mlflow@postgres:5432/mlflow"  # no password
+    assert options["--artifacts-destination"].startswith("s3://mlflow/")
+    environment = services["mlflow-team"]["environment"]
+    assert environment["MLFLOW_S3_ENDPOINT_URL"] == "http://s3:9000"
+    assert environment["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    mounted = {volume.split(":")[1]: REPO / volume.split(":")[0] for volume in services["mlflow-team"]["volumes"]}
+    auth = mounted["/etc/mlflow/basic_auth.ini"].read_text()
+    assert "database_uri = postgresql+psycopg://mlflow@postgres:5432/mlflow_auth" in auth
+    assert "CREATE DATABASE mlflow_auth;" in (REPO / "docker" / "postgres-init.sql").read_text()
