@@ -218,27 +218,45 @@ def cmd_serve_api(args: argparse.Namespace) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
-    from mmp.tracking.listing import RunQuery, default_metrics, find_runs, format_table
+    from mmp.tracking.listing import (
+        RunQuery,
+        best_job_recipes,
+        data_filter,
+        default_metrics,
+        describe,
+        find_runs,
+        format_table,
+    )
 
     config = _config_from(args)
-    stage = None if args.stage == "all" else args.stage
+    ranking = bool(args.sort or args.best)
     query = RunQuery(
-        stage=stage,
+        stage="train" if args.best else (None if args.stage == "all" else args.stage),
         recipe=args.recipe_name,
+        data=data_filter(config, args.data_name, ranking),
         sweep=args.sweep,
         dvc_exp=args.dvc_exp,
         sort=args.sort,
-        limit=args.limit,
+        limit=1 if args.best else args.limit,
+        pruned=args.all,
     )
-    runs = find_runs(config, query)
+    if ranking and not args.data_name:
+        log.info("ranking runs of data set '%s' (--data NAME for another, --data all for every one)", query.data)
+    listing = find_runs(config, query, best=args.best)
+    if listing.missing:
+        log.warning("%d listed run(s) have no %s; they come last", listing.missing, listing.sort)
     if args.quiet:
-        print("\n".join(run.info.run_id for run in runs))
+        print("\n".join(run.info.run_id for run in listing.runs))
         return
-    if not runs:
-        print(f"No runs yet in experiment '{config.mlflow.experiment_name}'; run `dvc repro` or `mmp train` first")
+    if not listing.runs:
+        where = describe(query)
+        print(
+            f"No runs yet in experiment '{config.mlflow.experiment_name}'{f' ({where})' if where else ''}; "
+            "run `dvc repro` or `mmp train` first"
+        )
         return
-    metrics = args.metrics.split(",") if args.metrics else default_metrics(runs)
-    print(format_table(runs, metrics))
+    metrics = args.metrics.split(",") if args.metrics else default_metrics(listing.runs, listing.sort)
+    print(format_table(listing.runs, metrics, best_job_recipes(listing.runs)))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -395,9 +413,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="a table of the experiment's runs, newest first")
     runs.add_argument(
-        "--stage", default="train", help="prepare | train | explain | sweep | tune | all (default: train)"
+        "--stage",
+        default="train",
+        help="prepare | train | explain | sweep (sweeps and searches) | all (default: train)",
     )
     runs.add_argument("--recipe-name", help="only runs of this recipe")
+    runs.add_argument(
+        "--data",
+        dest="data_name",
+        metavar="NAME",
+        help="only runs of this data set ('all': every one; default: every one, or the config's when ranking)",
+    )
+    runs.add_argument(
+        "--best",
+        action="store_true",
+        help="the best train run by the recipe's primary metric on valid, within the data set and recipe filters",
+    )
+    runs.add_argument("--all", action="store_true", help="also pruned search trials (hidden by default)")
     runs.add_argument("--sweep", metavar="SWEEP_ID", help="only the jobs of this sweep or search (multirun/<id>)")
     runs.add_argument("--dvc-exp", metavar="NAME", help="only runs of this DVC experiment")
     runs.add_argument("--sort", metavar="METRIC", help="sort by a metric, best first (e.g. test_roc_auc)")
