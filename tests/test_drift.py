@@ -118,3 +118,75 @@ def test_batch_inference_flags_the_shifted_column(trained: tuple[Project, str]) 
                       "--drift-threshold", "0", check=False)  # fmt: skip
     assert bad.returncode != 0 and "--drift-threshold is 0.0; use a positive PSI" in bad.stderr
     assert not (out / "x.csv").exists()
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def _titanic_rows(titanic: pl.DataFrame, scale_age: float = 1.0) -> list[dict]:
+    return titanic.drop("survived").with_columns(pl.col("age") * scale_age).to_dicts()
+
+
+def test_drift_route_in_process(titanic: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/drift answers PSI per column over the rows scored by /predict and /invocations; /metrics has it too."""
+    from test_http_app import TOKEN, write_model_folder
+
+    from mmp.inference.http.app import TOKEN_ENV, create_app
+    from mmp.inference.http.settings import ServeSettings
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    client = create_app(write_model_folder(tmp_path / "titanic", "titanic"), ServeSettings()).test_client()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/drift").status_code == 401
+    empty = client.get("/drift", headers=auth).get_json()
+    assert empty["monitored"] and empty["rows"] == 0 and empty["columns"]["age"]["psi"] is None
+
+    rows = _titanic_rows(titanic, 3.0)
+    for start in range(0, 600, 200):  # 600 shifted rows: one at a time, a list, and a dataframe_split
+        if start == 0:
+            for row in rows[:20]:
+                assert client.post("/predict", json=row, headers=auth).status_code == 200
+            chunk = rows[20:200]
+            assert client.post("/predict", json=chunk, headers=auth).status_code == 200
+        else:
+            chunk = rows[start : start + 200]
+            columns = list(chunk[0])
+            split = {"dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in chunk]}}
+            assert client.post("/invocations", json=split, headers=auth).status_code == 200
+    body = client.get("/drift", headers=auth).get_json()
+    assert body["rows"] == 600 and body["window"] == {"rows_per_worker": 1000, "workers": 1}
+    assert "age" in body["drifted"] and body["columns"]["age"]["psi"] > 0.2
+    assert body["columns"]["sex"]["psi"] < 0.05 and not body["columns"]["sex"]["drifted"]
+    psi_line = next(line for line in client.get("/metrics", headers=auth).get_data(as_text=True).splitlines()
+                    if line.startswith('mmp_drift_psi{column="age"}'))  # fmt: skip
+    assert float(psi_line.split()[-1]) == pytest.approx(body["columns"]["age"]["psi"], abs=1e-5)
+
+    # The window slides: 1,000 unshifted rows push the shifted ones out.
+    same = _titanic_rows(titanic)
+    for start in range(0, 1000, 250):
+        assert client.post("/predict", json=same[start : start + 250], headers=auth).status_code == 200
+    body = client.get("/drift", headers=auth).get_json()
+    assert body["rows"] == 1000 and body["drifted"] == []
+
+
+@pytest.mark.slow
+def test_drift_sums_the_workers_windows(trained: tuple[Project, str], titanic: pl.DataFrame) -> None:
+    """A real gunicorn server with two workers: /drift and /metrics sum both workers' windows."""
+    from conftest import start_server
+
+    project, run_id = trained
+    server = start_server(project, ["--run-id", run_id, "--workers", "2"])
+    try:
+        rows = _titanic_rows(titanic, 3.0)
+        for start in range(0, 400, 20):  # new connections: both workers take some
+            status, _, _ = server.request("/predict", rows[start : start + 20])
+            assert status == 200
+        status, _, body = server.request("/drift")
+        assert status == 200 and body["rows"] == 400 and body["window"]["workers"] == 2, body
+        assert "age" in body["drifted"]
+        status, _, text = server.request("/metrics")
+        assert 'mmp_drift_psi{column="age"}' in text and "mmp_drift_window_rows 400.0" in text
+        assert "mmp_drift_bucket_rows" not in text  # the per-worker transport stays internal
+    finally:
+        server.stop()

@@ -23,10 +23,12 @@ from werkzeug.test import TestResponse
 from mmp.config import DataConfig, PreprocessingConfig, SplitConfig
 from mmp.data import clean_and_check, feature_columns, load, split
 from mmp.data.preprocessing import Preprocessor
+from mmp.evaluation.drift import save_reference, training_reference
 from mmp.explanation.shap import raw_output
 from mmp.inference.http.app import MODEL_DIR_ENV, TOKEN_ENV, create_app
 from mmp.inference.http.settings import ServeSettings
 from mmp.inference.source import SOURCE_FILE, load_local
+from mmp.model.predictor import Predictor
 from mmp.model.registry import MODELS, encoding_plan, resolve_params
 from mmp.model.spec import FitData
 from mmp.model.trained import MODEL_INFO_FILE, TrainedModel, fit
@@ -44,6 +46,7 @@ ROUTES = {
     ("/metadata", "get"),
     ("/openapi.json", "get"),
     ("/metrics", "get"),
+    ("/drift", "get"),
     ("/", "get"),
 }
 
@@ -117,6 +120,9 @@ def write_model_folder(dest: Path, name: str) -> Path:
     artifacts.mkdir(parents=True)
     pre.save(artifacts / "preprocessing.json")
     model.save(artifacts / "model")
+    # The training distribution, as the train stage saves it (/drift).
+    output = Predictor(pre, model).predict_encoded(x["train"]).output
+    save_reference(artifacts / "model", training_reference(Predictor(pre, model), parts["train"], output))
     mlmodel = {
         "flavors": {
             "python_function": {

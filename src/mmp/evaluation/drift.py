@@ -29,6 +29,7 @@ REFERENCE_VERSION = 1
 PREDICTION = "prediction"  # the reference's name for the model's output
 DEFAULT_BINS = 10
 DEFAULT_THRESHOLD = 0.2  # PSI above 0.2: a shift worth a look (the usual rule of thumb)
+DEFAULT_WINDOW = 1000  # rows in each server worker's sliding window
 MAX_CATEGORIES = 30  # rarer categories share the "other" bucket
 _EPS = 1e-4  # an empty bucket's share, so that the logarithm stays finite
 OTHER, MISSING = "(other)", "(missing)"
@@ -147,14 +148,17 @@ def categorical_buckets(spec: Mapping[str, Any], values: pl.Series) -> np.ndarra
     return positions.fill_null(len(categories) + 1).to_numpy() if values.null_count() else positions.to_numpy()
 
 
+def spec_buckets(spec: Mapping[str, Any], values: Any) -> np.ndarray:
+    """The bucket of each value (numpy array or polars Series of values)."""
+    if spec["kind"] == "numeric":
+        return numeric_buckets(spec, np.asarray(values, dtype=float))
+    series = values if isinstance(values, pl.Series) else pl.Series(values, dtype=pl.String, strict=False)
+    return categorical_buckets(spec, series)
+
+
 def bucket_counts(spec: Mapping[str, Any], values: Any) -> np.ndarray:
     """How many values fall in each of the spec's buckets (numpy array or polars Series of values)."""
-    if spec["kind"] == "numeric":
-        buckets = numeric_buckets(spec, np.asarray(values, dtype=float))
-    else:
-        series = values if isinstance(values, pl.Series) else pl.Series(values, dtype=pl.String, strict=False)
-        buckets = categorical_buckets(spec, series)
-    return np.bincount(buckets, minlength=n_buckets(spec)).astype(np.int64)
+    return np.bincount(spec_buckets(spec, values), minlength=n_buckets(spec)).astype(np.int64)
 
 
 def value_bucket(spec: Mapping[str, Any], value: Any) -> int:

@@ -17,16 +17,18 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from mmp.evaluation import drift
 from mmp.inference.http import protocol
 from mmp.inference.http.protocol import Limits, RequestError
 from mmp.inference.http.settings import ServeSettings
-from mmp.inference.source import LocalModel, load_local
+from mmp.inference.source import LocalModel, _artifact_paths, load_local
 
 access_log = logging.getLogger("mmp.access")
 
 SCORING_ROUTES = ("/invocations", "/predict", "/explain")
 REQUEST_ID_KEY = "mmp.request_id"  # WSGI environ keys set by RequestLog and the routes
 ROWS_KEY = "mmp.rows"
+RECORDS_KEY = "mmp.records"  # the validated rows, or a dataframe_split payload: what /drift counts
 MODEL_DIR_ENV = "MMP_MODEL_DIR"
 TOKEN_ENV = "MMP_API_TOKEN"
 
@@ -50,7 +52,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     app.extensions["mmp.model"] = model
     app.extensions["mmp.settings"] = settings
 
-    guarded = frozenset(SCORING_ROUTES + (("/metrics",) if settings.metrics_auth else ()))
+    guarded = frozenset(SCORING_ROUTES + ("/drift",) + (("/metrics",) if settings.metrics_auth else ()))
     if token:
 
         @app.before_request
@@ -92,6 +94,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
             fast = protocol.matrix_from_split(payload, model.predictor, limits)
             if fast is not None:
                 request.environ[ROWS_KEY] = len(fast[0])
+                request.environ[RECORDS_KEY] = payload
                 return _json(protocol.predict_mlflow_matrix(model.predictor, *fast, observe=observe))
             rows, params = protocol.rows_from_mlflow(payload)
         elif content_type == "text/csv":
@@ -107,6 +110,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
 
     def validated(rows: list[protocol.Row]) -> list[str]:
         request.environ[ROWS_KEY] = len(rows)
+        request.environ[RECORDS_KEY] = rows
         return protocol.validate(rows, model.predictor, limits)
 
     def json_records() -> tuple[list[protocol.Row], bool, list[str]]:
@@ -160,6 +164,7 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
     # Built once per worker: none of them change while the server runs.
     card = metadata(model)
     document = openapi_document(model, settings, token_required=bool(token))
+    reference = drift.load_reference(model.directory / _artifact_paths(model.directory)["model"])
     page = render_page(card, token_required=bool(token))
 
     @app.get("/metadata")
@@ -175,14 +180,26 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
         "recipe": card["recipe"] or "",
         "task": card["task"] or "",
     }
-    metrics = Metrics(
-        {*SCORING_ROUTES, "/health", "/ping", "/ready", "/version", "/metadata", "/openapi.json", "/metrics", "/"},
-        model_labels,
-    )
+    routes = {*SCORING_ROUTES, "/health", "/ping", "/ready", "/version", "/metadata", "/openapi.json", "/metrics"}
+    metrics = Metrics({*routes, "/drift", "/"}, model_labels, drift_reference=reference)
     regression = model.predictor.task == "regression"
+    predictor = model.predictor
 
     def observe(prediction: Any) -> None:
         metrics.count(prediction.labels, regression)
+        if metrics.drift is not None:
+            records = request.environ.get(RECORDS_KEY)
+            if isinstance(records, dict):  # the dataframe_split fast path: rows only for drift
+                records = protocol.rows_from_mlflow(records)[0]
+            values = drift.prediction_values(predictor.task, predictor.classes, prediction.output)[1]
+            metrics.drift.add(records or [], values)
+
+    @app.get("/drift")
+    def drift_route() -> Response:
+        report = metrics.drift_report()
+        if report is None:
+            return _json({**_UNMONITORED, "threshold": metrics.drift_threshold})
+        return _json({"monitored": True, **report})
 
     @app.get("/metrics")
     def metrics_route() -> Response:
@@ -274,6 +291,15 @@ def metadata(model: LocalModel) -> dict[str, Any]:
     }
 
 
+_UNMONITORED = {
+    "monitored": False,
+    "message": "The model was trained before mmp saved its training distribution; retrain it to monitor drift",
+    "rows": 0,
+    "drifted": [],
+    "columns": {},
+}
+
+
 def _background(model: LocalModel) -> np.ndarray | None:
     """Linear models are explained against the train means saved with the model."""
     means = getattr(model.predictor.model, "feature_means", None)
@@ -292,6 +318,9 @@ def _warned(body: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
 
 
 def _top_k(default: int) -> int:
+    unknown = [name for name in request.args if name != "top_k"]
+    if unknown:  # the document lists top_k only: anything else is a typo the client should hear about
+        raise RequestError(f"Unknown query parameter {unknown[0][:40]!r}; /explain takes only top_k")
     raw = request.args.get("top_k")
     if raw is None:
         return default

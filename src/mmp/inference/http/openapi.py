@@ -82,6 +82,7 @@ def _document(model: LocalModel, settings: ServeSettings) -> dict[str, Any]:
                     {"description": "An HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
                 )
             },
+            "/drift": {"get": _drift()},
         },
         "components": {
             "securitySchemes": {
@@ -150,6 +151,7 @@ def _document(model: LocalModel, settings: ServeSettings) -> dict[str, Any]:
                     "required": ["mmp", "packages", "model_uri"],
                 },
                 "Metadata": _metadata_schema(),
+                "Drift": _drift_schema(),
             },
             "responses": {
                 "BadRequest": _error_response("The body or a value is invalid (the message says which)"),
@@ -612,6 +614,63 @@ def _metrics(guarded: bool) -> Schema:
         operation["security"] = _BEARER
         operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
     return operation
+
+
+def _drift() -> Schema:
+    summary = "Drift: PSI of each input column and of the prediction, recent rows against the training data"
+    operation = _get_json("drift", summary, "Drift")
+    operation["description"] = (
+        "Each worker keeps a sliding window of the rows it scored last (/predict and /invocations) and counts "
+        "them into the buckets of the training distribution saved with the model: quantile bins of each numeric "
+        "column, the most frequent categories of each categorical one, and the prediction's. The answer sums "
+        "the live workers' windows, so it covers up to workers x rows_per_worker recent rows. A column is "
+        "flagged when its PSI (population stability index) is above the threshold. The same PSI values are in "
+        "/metrics as mmp_drift_psi."
+    )
+    operation["tags"] = ["monitoring"]
+    operation["security"] = _BEARER
+    operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    return operation
+
+
+def _drift_schema() -> Schema:
+    bucket = {
+        "type": "object",
+        "properties": {
+            "bucket": {"type": "string", "example": "(22, 25]"},
+            "expected": {"type": "number", "description": "share of the training rows"},
+            "observed": {"type": "number", "nullable": True, "description": "share of the window's rows"},
+        },
+        "required": ["bucket", "expected", "observed"],
+    }
+    column = {
+        "type": "object",
+        "properties": {
+            "kind": {"type": "string", "enum": ["numeric", "categorical"]},
+            "psi": {"type": "number", "nullable": True, "description": "null until a row was scored"},
+            "drifted": {"type": "boolean"},
+            "rows": {"type": "integer"},
+            "buckets": {"type": "array", "items": bucket},
+        },
+        "required": ["kind", "psi", "drifted", "rows", "buckets"],
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "monitored": {"type": "boolean", "description": "false: the model has no saved training distribution"},
+            "message": {"type": "string"},
+            "threshold": {"type": "number", "example": 0.2},
+            "rows": {"type": "integer"},
+            "drifted": {"type": "array", "items": {"type": "string"}},
+            "columns": {"type": "object", "additionalProperties": column},
+            "window": {
+                "type": "object",
+                "properties": {"rows_per_worker": {"type": "integer"}, "workers": {"type": "integer"}},
+                "required": ["rows_per_worker", "workers"],
+            },
+        },
+        "required": ["monitored", "threshold", "rows", "drifted", "columns"],
+    }
 
 
 def _get_json(operation_id: str, summary: str, schema_name: str) -> Schema:
