@@ -6,6 +6,7 @@
     .venv/bin/python bench/run_all.py --only serving  # HTTP serving under wrk (about 5 min; needs wrk)
     .venv/bin/python bench/run_all.py --only sweep    # a 4-job sweep in parallel vs in a row; per-run overhead
     .venv/bin/python bench/run_all.py --only loop     # mmp train, dvc repro -f, dvc exp run vs a plain script (titanic)
+    .venv/bin/python bench/run_all.py --only quality  # mmp default, mmp tune and FLAML, 60 s each, on 5 data sets
 
 Benchmarks: cli (`mmp --help` vs `python -c pass`), dvc (no-op `dvc repro` vs a one-stage project),
 pipeline (prepare + train on 1,000,000 rows vs bench/plain_xgboost.py), loop (the everyday commands on
@@ -14,7 +15,9 @@ overhead, vs plain_xgboost.py; see bench_loop.py), and, on request, omp (XGBoost
 fit under OpenMP's default wait policy vs PASSIVE), fit_eval (the cost of evaluating the train split every
 boosting round), and serving (`mmp serve-api` vs `mlflow models serve` and a bare Flask app under wrk, and
 a 10,000-row request vs in-process), and sweep (a 4-job joblib sweep vs the same jobs one after another, and
-the tracking overhead of one train run). Each measures its baseline in the same run and reports the ratio.
+the tracking overhead of one train run), and quality (test metrics of mmp's default recipe, `mmp tune` and
+FLAML's AutoML under the same time budget, on five real data sets; see bench_quality.py). Each measures its
+baseline in the same run and reports the ratio.
 Exit code 1 if a target is missed.
 """
 
@@ -31,12 +34,13 @@ import bench_fit_eval
 import bench_loop
 import bench_omp
 import bench_pipeline
+import bench_quality
 import bench_serving
 import bench_sweep
 from common import RESULTS_DIR, machine, markdown_table, save_result, say
 
 DEFAULT = ("cli", "dvc", "pipeline", "loop")
-ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep")
+ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep", "quality")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("sweep")
         results["sweep"] = bench_sweep.run(1 if args.quick else 2)
         table += bench_sweep.table(results["sweep"])
+    if "quality" in args.only:
+        say("quality")
+        results["quality"] = bench_quality.run(10.0 if args.quick else bench_quality.BUDGET_S)
+        table += bench_quality.table(results["quality"])
     for name, result in results.items():
         save_result(name, result)
 
@@ -115,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "sweep" in results:
         print("\nSweep: where a train run's time goes:\n")
         print(bench_sweep.details(results["sweep"]))
+    if "quality" in results:
+        print("\nQuality details:\n")
+        print(bench_quality.details(results["quality"]))
     if "serving" in results:
         print("\nServing details:\n")
         print(bench_serving.details(results["serving"]))
