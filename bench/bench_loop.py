@@ -180,9 +180,17 @@ def run_sweep(project: Path, env: dict[str, str], rep: int) -> dict[str, Any]:
     }
 
 
+BUSY: list[float] = []  # the others' share of the CPUs seen just before each measurement
+
+
+def quiet() -> None:
+    """Wait for a quiet machine (common.py, at most 10 s) and note how busy the others still were."""
+    BUSY.append(wait_for_quiet())
+
+
 def run_pair(first: Callable[[], float], second: Callable[[], float], swap: bool) -> tuple[float, float]:
     """Both sides back to back (``second`` first when ``swap``); their seconds as (first, second)."""
-    wait_for_quiet()
+    quiet()
     if swap:
         b = second()
         return first(), b
@@ -250,13 +258,13 @@ def run(
                 say(f"loop:   recorder {with_recorder:.1f} s, in-process {in_process:.1f} s")
             for recipe, samples_s in explain.items():
                 say(f"loop: rep {rep + 1}/{reps}: explain {recipe}")
-                wait_for_quiet()
+                quiet()
                 cmd = [PYTHON, "stages/explain.py", *explain_paths(recipe)]
                 samples_s.append(measure(cmd, project, env, f"explain_{recipe}"))
                 say(f"loop:   {samples_s[-1]:.1f} s")
             if "sweep_job" in only:
                 say(f"loop: rep {rep + 1}/{reps}: mmp sweep {' '.join(SWEEP)}")
-                wait_for_quiet()
+                quiet()
                 sweeps.append(run_sweep(project, env, rep))
                 say(f"loop:   {sweeps[-1]['per_job_overhead_s']:.2f} s per job besides the fit")
         reset_workspace(project, env)
@@ -267,6 +275,8 @@ def run(
         "first_repro_s": first_repro_s,
         "plain_command": "bench/plain_xgboost.py titanic01.csv OUT --target survived",
         "paired": {},
+        # Others' share of the CPUs before each measurement: ratios hold up under load, wall times do not.
+        "others_cpu_share": {"median": median(BUSY), "max": max(BUSY), "samples": len(BUSY)} if BUSY else None,
     }
     for item, samples in paired.items():
         title, cmd, target = PAIRED[item]
@@ -366,6 +376,11 @@ def table(result: dict[str, Any]) -> list[list[str]]:
 def details(result: dict[str, Any]) -> str:
     """Markdown lines: every pair's ratio, ranges, the sweep's per-sweep costs."""
     lines = [f"- first full `dvc repro` of the fresh copy (set-up, not a figure): {result['first_repro_s']:.1f} s"]
+    if busy := result.get("others_cpu_share"):
+        lines.append(
+            f"- other processes' share of the CPUs before a measurement: median {busy['median']:.0%}, "
+            f"max {busy['max']:.0%} ({busy['samples']} samples)"
+        )
 
     def spread(values: list[float]) -> str:
         return f"{min(values):.1f}-{max(values):.1f} s"
