@@ -268,9 +268,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     """Seeded Optuna search over recipes/search/<recipe>.yaml; the best trial becomes a recipe file."""
+    from mmp.errors import ConfigError
     from mmp.experiments.multirun import report
-    from mmp.experiments.tune import run_tune
+    from mmp.experiments.tune import join_tune, run_tune
 
+    if args.join:
+        if args.overrides or args.space or args.output or args.workers != 1:
+            raise ConfigError(
+                "--join takes the study's overrides and space: give only --storage, --n-trials, "
+                "--seed, --timeout and --threads"
+            )
+        done = join_tune(
+            args.join, args.storage, n_trials=args.n_trials, seed=args.seed, timeout=args.timeout, threads=args.threads
+        )
+        print(f"{done} trials of study {args.join} run by this worker")
+        return
     result = run_tune(
         args.overrides,
         command=" ".join(["mmp tune", *sys.argv[2:]]),
@@ -456,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Bayesian hyperparameter search (Optuna): one child run per trial, the best written as a recipe",
         description="Search the space in recipes/search/<recipe>.yaml with a seeded TPE sampler; boosted "
         "models are pruned on their per-round validation loss.",
-        epilog="example:\n  mmp tune recipe=lgbm-tuned --n-trials 20 --seed 0",
+        epilog="examples:\n  mmp tune recipe=lgbm-tuned --n-trials 20 --seed 0\n"
+        "  mmp tune recipe=lgbm-tuned --n-trials 20 --workers 2\n"
+        "  mmp tune --join STUDY --storage postgresql+psycopg://mmp@db:5432/optuna   # from another machine",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, e.g. recipe=lgbm-tuned")
@@ -468,6 +482,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wall-clock budget: no trial starts after it (with --n-trials: whichever comes first)",
     )
+    tune.add_argument("--workers", type=int, default=1, help="processes running trials of one study (default 1)")
+    tune.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the study's storage shared by workers: a database URL or a journal file "
+        "(default: $MMP_TUNE_STORAGE, else multirun/<id>/study.journal)",
+    )
+    tune.add_argument("--join", metavar="STUDY", help="run trials of a search started elsewhere (needs --storage)")
+    tune.add_argument("--threads", type=int, help="threads per trial (default with workers: cores // workers)")
     tune.add_argument("--space", metavar="FILE", help="search space file (default: recipes/search/<recipe>.yaml)")
     tune.add_argument("--output", metavar="FILE", help="best recipe file (default: recipes/<recipe>-best.yaml)")
     tune.set_defaults(func=cmd_tune)

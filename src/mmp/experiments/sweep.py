@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Sweep:
             f"{T}sweep_id": self.sweep_id,
             f"{T}sweep_job": str(job),
             f"{T}sweep_overrides": " ".join(overrides)[:5000],
+            f"{T}sweep_worker": f"{socket.gethostname()}:{os.getpid()}",  # which machine and process ran the job
         }
         return tracking.RunContext(parent_run_id=parent_run_id or self.parent_run_id, tags=tags)
 

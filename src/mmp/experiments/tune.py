@@ -1,9 +1,13 @@
 """``mmp tune``: seeded Bayesian hyperparameter search with Optuna, one child MLflow run per trial.
 
-The search space lives next to the recipe, in ``recipes/search/<recipe>.yaml``. Trials run one
-after another through :func:`mmp.sweep.run_job` (so a seed gives the same trials), boosted models
-report their validation loss every round so that unpromising trials are pruned, and the best
-configuration is written back as a recipe file to commit and ``dvc repro``.
+The search space lives next to the recipe, in ``recipes/search/<recipe>.yaml``. Trials run through
+:func:`mmp.sweep.run_job`, boosted models report their validation loss every round so that unpromising
+trials are pruned, and the best configuration is written back as a recipe file to commit and ``dvc repro``.
+
+With one worker, trials run one after another in memory (so a seed gives the same trials). With
+``--workers N`` (or ``--storage URL``) the study lives in shared storage (a journal file, or a database such
+as PostgreSQL) and N processes run its trials; ``mmp tune --join STUDY --storage URL`` adds workers from
+other machines. Every trial, whoever runs it, is a child run of the search's one parent run.
 """
 
 from __future__ import annotations
@@ -11,18 +15,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmp.config import compose, dump_yaml, load_config, project_root, read_yaml
+from mmp import tracking
+from mmp.config import compose, dump_yaml, load_config, project_root, read_yaml, tracking_root
 from mmp.errors import ConfigError, MmpError, Pruned
 from mmp.experiments import sweep as sweeps
+from mmp.redaction import redact
 
 log = logging.getLogger(__name__)
 
 SEARCH_DIR = "recipes/search"
 PARAM_TYPES = ("int", "float", "categorical")
+JOURNAL_FILE = "study.journal"  # the study of a parallel search, when no --storage is given
+ENV_STORAGE = "MMP_TUNE_STORAGE"  # the study's storage URL for workers (it may hold a password: never argv)
+STUDY_ATTR = "mmp.settings"  # the study's user attribute with what every worker needs
+JOB_ATTR = "mmp.job"  # a trial's user attribute: its sweep job record (status, run id, metrics)
+VALUES_ATTR = "mmp.values"  # a trial's user attribute: the suggested values by full config key
+THREAD_PARAMS = ("n_jobs", "thread_count", "nthread", "num_threads")  # the libraries' thread-count params
 
 
 @dataclass(frozen=True)
@@ -125,16 +140,25 @@ def run_tune(
     seed: int | None = None,
     output: Path | None = None,
     timeout: float | None = None,
+    workers: int = 1,
+    storage: str | None = None,
+    threads: int | None = None,
 ) -> TuneResult:
     """Run the search; write the best configuration as a recipe file.
 
     ``timeout`` (seconds) stops starting trials once it has passed; without ``n_trials`` it alone bounds the
-    search. Trials run one after another from a seeded sampler, so a seed gives the same first k trials
-    whatever the budget: the wall-clock budget only decides k.
+    search. With one worker and no ``storage``, trials run one after another from a seeded sampler, so a seed
+    gives the same first k trials whatever the budget: the wall-clock budget only decides k.
+
+    ``workers`` > 1 runs the trials in that many processes (this one and ``workers - 1`` joined ones) against
+    one study in shared ``storage`` (default: a journal file in the search's folder); each trial then trains
+    with ``threads`` threads (default: cores // workers). Other machines join with :func:`join_tune`.
     """
     import optuna
 
     root = project_root()
+    tracking.load_dotenv(tracking_root(root))  # MMP_TUNE_STORAGE (a URL with a password) may live in .env
+    storage = storage or os.environ.get(ENV_STORAGE) or None
     config = load_config(overrides, root=root)
     space_file = space_file or search_file(root, config.recipe.name)
     if not space_file.is_file():
@@ -147,10 +171,11 @@ def run_tune(
         raise ConfigError(f"--n-trials must be at least 1, got {space.n_trials}")
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    _check_workers(workers, threads)
     trials = None if timeout is not None and n_trials is None else space.n_trials  # a budget alone: until it ends
     metric = None if space.metric == "auto" else space.metric
     folder = sweeps.new_folder(root, "tune")
-    sweep = sweeps.start(config, "tune", folder, command, metric=metric)
+    sweep = sweeps.start(config, "tune", folder, redact(command), metric=metric)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with sweeps.parent_guard(sweep):
         # Prepare once up front (trials only change the model, so they all reuse it); it tells the task.
@@ -159,23 +184,209 @@ def run_tune(
         direction = space.direction
         if direction == "auto":
             direction = "minimize" if sweeps.lower_is_better(metric) else "maximize"
+        shared = workers > 1 or storage is not None
+        storage = storage or (str(folder / JOURNAL_FILE) if shared else None)
         study = optuna.create_study(
+            storage=open_storage(storage) if storage else None,
             direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=space.startup_trials),
+            sampler=_sampler(space, space.seed),
             pruner=_pruner(space),
             study_name=folder.name,
         )
-        objective = _Objective(root, overrides, space, sweep, direction)
-        study.optimize(objective, n_trials=trials, timeout=timeout, catch=(_TrialFailed,))
-        summary = sweeps.finish(sweep, config, sweeps.collect(folder))
+        settings = StudySettings(sweep.parent_run_id, overrides, space, metric, direction, space.n_trials)
+        study.set_user_attr(STUDY_ATTR, settings.to_json())
+        threads = threads or (max(1, _cores() // workers) if workers > 1 else None)
+        if shared:
+            log.info(
+                "study %s: %d worker(s) here; another machine joins with: mmp tune --join %s --storage %s",
+                folder.name,
+                workers,
+                folder.name,
+                redact(storage or ""),
+            )
+        shares = _shares(trials, workers)
+        helpers = [
+            _start_worker(root, folder.name, storage or "", share, space.seed + k, threads, timeout)
+            for k, share in enumerate(shares[1:], start=1)
+            if share != 0
+        ]
+        try:
+            if shares[0] != 0:
+                _optimize(study, _Objective(root, overrides, space, sweep, direction, threads), shares[0], timeout)
+        finally:
+            _wait_for(helpers)
+        jobs, values = study_jobs(study)
+        summary = sweeps.finish(sweep, config, jobs)
         recipe_file = None
         if summary.best is not None:
             recipe_file = write_best_recipe(
-                root, config.recipe.name, objective.params_of[summary.best.job], space, summary, output, overrides
+                root, config.recipe.name, values[summary.best.job], space, summary, output, overrides
             )
-    params = [objective.params_of[job.job] for job in summary.jobs]
+    params = [values[job.job] for job in summary.jobs]
     commands = use_commands(recipe_file.stem, overrides) if recipe_file else ("", "")
     return TuneResult(summary, folder, recipe_file, params, commands)
+
+
+def join_tune(
+    study_name: str,
+    storage: str | None,
+    *,
+    n_trials: int | None = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+    threads: int | None = None,
+) -> int:
+    """Run trials of a search started elsewhere (``mmp tune --join``); the number of trials run.
+
+    Everything a trial needs (the overrides, the space, the metric, the parent run) comes from the study's
+    user attributes, so a worker on another machine needs only the project checkout, the study's storage and
+    the MLflow store. Without ``n_trials`` or ``timeout`` it runs the trials the search still lacks.
+    """
+    import optuna
+
+    root = project_root()
+    tracking.load_dotenv(tracking_root(root))
+    storage = storage or os.environ.get(ENV_STORAGE) or None
+    if not storage:
+        raise ConfigError(f"--join needs the study's storage: --storage URL (or {ENV_STORAGE} in .env)")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    _check_workers(1, threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opened = open_storage(storage)
+    try:
+        found = optuna.load_study(study_name=study_name, storage=opened)
+    except KeyError:
+        raise ConfigError(f"No study '{study_name}' in {redact(storage)}; check --join (the search's id)") from None
+    if STUDY_ATTR not in found.user_attrs:
+        raise ConfigError(f"Study '{study_name}' was not started by mmp tune; start a search with mmp tune --workers")
+    settings = StudySettings.from_json(found.user_attrs[STUDY_ATTR])
+    if n_trials is None and timeout is None:
+        n_trials = max(0, settings.n_trials - len(found.trials))
+        if n_trials == 0:
+            log.info("study %s already has its %d trials; nothing to do", study_name, settings.n_trials)
+            return 0
+    study = optuna.load_study(
+        study_name=study_name, storage=opened, sampler=_sampler(settings.space, seed), pruner=_pruner(settings.space)
+    )
+    config = load_config(settings.overrides, root=root)
+    tracking.setup(config)
+    folder = root / sweeps.SWEEPS_DIR / study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep = sweeps.Sweep(study_name, settings.parent_run_id, folder, settings.metric)
+    objective = _Objective(root, settings.overrides, settings.space, sweep, settings.direction, threads)
+    before = len(study.trials)
+    _optimize(study, objective, n_trials, timeout)
+    return len(study.trials) - before
+
+
+def _optimize(study: Any, objective: _Objective, n_trials: int | None, timeout: float | None) -> None:
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(_TrialFailed,))
+
+
+def _check_workers(workers: int, threads: int | None) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _shares(trials: int | None, workers: int) -> list[int | None]:
+    """Each worker's number of trials (None: until the timeout); they add up to ``trials`` exactly."""
+    if trials is None:
+        return [None] * workers
+    return [trials // workers + (1 if k < trials % workers else 0) for k in range(workers)]
+
+
+def open_storage(url: str) -> Any:
+    """The study's storage: a database URL (``postgresql+psycopg://...``) or else the path of a journal file."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if "://" not in url:
+        path = Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # SQLAlchemy and driver errors: one line, password masked
+        message = redact(" ".join(str(exc).split()))[:300]
+        raise ConfigError(
+            f"Cannot open the study storage {redact(url)}: {message}; check the URL, the server and its password"
+        ) from None
+
+
+def _start_worker(
+    root: Path, study: str, storage: str, trials: int | None, seed: int, threads: int | None, timeout: float | None
+) -> subprocess.Popen:
+    """A local worker: ``mmp tune --join`` in its own process. The storage URL (it may hold a password)
+    goes through the environment, never the command line."""
+    command = [sys.executable, "-m", "mmp.cli", "tune", "--join", study, "--seed", str(seed)]
+    command += ["--n-trials", str(trials)] if trials is not None else []
+    command += ["--threads", str(threads)] if threads is not None else []
+    command += ["--timeout", str(timeout)] if timeout is not None else []
+    return subprocess.Popen(command, cwd=root, env={**os.environ, ENV_STORAGE: storage})
+
+
+def _wait_for(workers: list[subprocess.Popen]) -> None:
+    """Wait for the local workers; on an interrupt or error, stop them (by their own PIDs) first."""
+    try:
+        for worker in workers:
+            if worker.wait() != 0:
+                log.error("tune worker %d exited %d; its trials so far are kept", worker.pid, worker.returncode)
+    except BaseException:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+        for worker in workers:
+            worker.wait()
+        raise
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What every worker of a search needs, kept in the study's user attributes (JSON)."""
+
+    parent_run_id: str
+    overrides: list[str]
+    space: SearchSpace
+    metric: str
+    direction: str
+    n_trials: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> StudySettings:
+        space = dict(raw["space"])
+        dims = [Dimension(**{**d, "choices": tuple(d["choices"])}) for d in space.pop("dimensions")]
+        return cls(**{**raw, "space": SearchSpace(dims, **space)})
+
+
+def study_jobs(study: Any) -> tuple[list[sweeps.JobResult], dict[int, dict[str, Any]]]:
+    """The trials as sweep jobs (whichever worker ran them), and each trial's values, by trial number."""
+    jobs, values = [], {}
+    for trial in study.get_trials(deepcopy=False):
+        record = trial.user_attrs.get(JOB_ATTR)
+        if record is None:
+            if trial.state.name == "RUNNING":
+                log.warning("trial %d is still running in another worker; it is left out of the summary", trial.number)
+                continue
+            record = dataclasses.asdict(sweeps.JobResult(trial.number, [], "FAILED", error=f"trial {trial.state.name}"))
+        jobs.append(sweeps.JobResult(**record))
+        values[trial.number] = trial.user_attrs.get(VALUES_ATTR, {})
+    return sorted(jobs, key=lambda job: job.job), values
+
+
+def _sampler(space: SearchSpace, seed: int | None) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.startup_trials)
 
 
 def _pruner(space: SearchSpace) -> Any:
@@ -191,18 +402,30 @@ class _TrialFailed(MmpError):
 
 
 class _Objective:
-    """One trial: compose the recipe with the suggested values, run it as a sweep job, return its score."""
+    """One trial: compose the recipe with the suggested values, run it as a sweep job, return its score.
 
-    def __init__(self, root: Path, overrides: list[str], space: SearchSpace, sweep: sweeps.Sweep, direction: str):
+    The job record and the values go into the trial's user attributes, so that the search's summary sees
+    every trial in the study, whichever worker ran it.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        overrides: list[str],
+        space: SearchSpace,
+        sweep: sweeps.Sweep,
+        direction: str,
+        threads: int | None = None,
+    ):
         self.root, self.overrides, self.space, self.sweep, self.direction = root, overrides, space, sweep, direction
-        self.params_of: dict[int, dict[str, Any]] = {}
+        self.fixed = [*overrides, *_thread_overrides(root, overrides, threads)]
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
         values = {dim.key: dim.suggest(trial) for dim in self.space.dimensions}
-        self.params_of[trial.number] = values
-        trial_overrides = [*self.overrides, *(f"++{key}={_hydra_value(value)}" for key, value in values.items())]
+        trial.set_user_attr(VALUES_ATTR, values)
+        trial_overrides = [*self.fixed, *(f"++{key}={_hydra_value(value)}" for key, value in values.items())]
 
         def report(step: int, valid_loss: float) -> None:
             # Intermediate values are the valid loss, oriented like the study (negated when maximizing).
@@ -219,6 +442,7 @@ class _Objective:
             explain=False,
             on_iteration=report,
         )
+        trial.set_user_attr(JOB_ATTR, dataclasses.asdict(result))
         if result.status == "PRUNED":
             raise optuna.TrialPruned()
         score = result.score(self.sweep.metric or "")
@@ -226,6 +450,17 @@ class _Objective:
             raise _TrialFailed(result.error or f"trial {trial.number} has no {self.sweep.metric}")
         log.info("trial %d: %s = %.5f (%s)", trial.number, self.sweep.metric, score, _shown(values))
         return score
+
+
+def _thread_overrides(root: Path, overrides: list[str], threads: int | None) -> list[str]:
+    """Set the recipe's own thread-count params to ``threads`` (parallel workers must not oversubscribe)."""
+    if threads is None:
+        return []
+    params = load_config(overrides, root=root).recipe.model.params
+    keys = [key for key in THREAD_PARAMS if key in params]
+    if not keys:
+        log.warning("the recipe sets no thread count (%s): trials may use every core each", ", ".join(THREAD_PARAMS))
+    return [f"++recipe.model.params.{key}={threads}" for key in keys]
 
 
 def _hydra_value(value: Any) -> str:

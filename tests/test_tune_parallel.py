@@ -1,0 +1,74 @@
+"""Parallel search: `mmp tune --workers 2` runs the trials of one Optuna study in two processes, on a journal
+file and on a real PostgreSQL server; every trial is a child run of the search's one parent run."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from conftest import Project
+
+pytestmark = pytest.mark.slow
+
+# Small trials: the test is about who runs them and where they are recorded, not about the model.
+FAST = ("recipe=lgbm-tuned", "recipe.model.params.n_estimators=40")
+
+
+def search_and_trials(project: Project) -> tuple[Any, list[Any]]:
+    [parent] = project.runs("tune")
+    trials = [run for run in project.runs("train") if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, sorted(trials, key=lambda run: int(run.data.tags["mmp.sweep_job"]))
+
+
+def assert_one_search(project: Project, study: Any, n_trials: int) -> None:
+    parent, trials = search_and_trials(project)
+    assert parent.info.status == "FINISHED"
+    assert len(project.runs("train")) == n_trials  # every train run is a trial of this search
+    assert [run.data.tags["mmp.sweep_job"] for run in trials] == [str(n) for n in range(n_trials)]
+    assert all(run.info.status in ("FINISHED", "KILLED") for run in trials)
+    # Two processes ran trials, each training with cores // 2 threads.
+    assert len({run.data.tags["mmp.sweep_worker"] for run in trials}) == 2
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert {run.data.params["recipe.model.params.n_jobs"] for run in trials} == {threads}
+    # The study holds the same trials: its count, and each trial's run is one of the parent's children.
+    assert len(study.trials) == n_trials
+    assert {t.user_attrs["mmp.job"]["run_id"] for t in study.trials} == {run.info.run_id for run in trials}
+    assert study.user_attrs["mmp.settings"]["parent_run_id"] == parent.info.run_id
+    assert parent.data.metrics["jobs_total"] == n_trials
+    assert parent.data.tags["mmp.best_run_id"] in {run.info.run_id for run in trials}
+    assert parent.data.metrics["valid_roc_auc"] == max(run.data.metrics.get("valid_roc_auc", 0) for run in trials)
+    assert (project.root / "recipes" / "lgbm-tuned-best.yaml").is_file()
+    assert [run.info.run_name for run in project.runs() if run.info.status == "RUNNING"] == []
+
+
+def test_two_workers_on_a_journal_file(project: Project) -> None:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    out = project.mmp("tune", *FAST, "--n-trials", "6", "--workers", "2").stdout
+    assert "6 jobs, 0 failed" in out
+    [parent] = project.runs("tune")
+    study_id = parent.data.tags["mmp.sweep_id"]
+    journal = project.root / "multirun" / study_id / "study.journal"
+    study = optuna.load_study(study_name=study_id, storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert_one_search(project, study, 6)
+
+
+def test_two_workers_on_postgresql_keep_the_password_out(project: Project, postgres_server: Any) -> None:
+    import optuna
+
+    url = postgres_server.database("tune_parallel", scheme="postgresql+psycopg")
+    result = project.mmp("tune", *FAST, "--n-trials", "4", "--workers", "2", "--storage", url)
+    assert "4 jobs, 0 failed" in result.stdout
+    [parent] = project.runs("tune")
+    study = optuna.load_study(study_name=parent.data.tags["mmp.sweep_id"], storage=url)
+    assert_one_search(project, study, 4)
+    assert not (project.root / "multirun" / parent.data.tags["mmp.sweep_id"] / "study.journal").exists()
+    # The URL's password is in no run's tags or params, nor in anything mmp printed.
+    password = postgres_server.password
+    assert "***" in parent.data.tags["mmp.sweep_command"]
+    for run in project.runs():
+        assert password not in repr(run.data.tags) + repr(run.data.params)
+    assert password not in result.stdout + result.stderr
