@@ -122,30 +122,14 @@ def pg_project(tmp_path: Path, postgres_server: Any, database: str, **data: Any)
 
 
 @pytest.mark.slow
-def test_postgres_prepare_records_the_source_and_leaks_no_password(postgres_server: Any, tmp_path: Path) -> None:
-    database = "test_sources_prepare"
-    postgres_server.database(database)
-    load_titanic(postgres_server, database)
-    project = pg_project(tmp_path, postgres_server, database)
-    result = project.mmp("prepare", "data=passengers")
-    manifest = json.loads((project.root / "data" / "prepared" / "manifest.json").read_text())
-    assert sum(manifest["rows"].values()) == ADULTS  # the bound parameter filtered the rows
-    run = project.runs("prepare")[0]
-    (dataset,) = run.inputs.dataset_inputs
-    source = json.loads(dataset.dataset.source)
-    assert dataset.dataset.source_type == "sql" and dataset.dataset.digest == manifest["data"]["digest"]
-    assert source["uri"] == postgres_server.uri(database, password="***")
-    assert run.data.params["data.uri_env"] == "MMP_PASSENGERS_DB"
-    seen = [result.stdout, result.stderr, (project.root / "mlflow.db").read_bytes().decode("latin-1")]
-    seen += [p.read_text(errors="replace") for p in (project.root / "mlruns").rglob("*") if p.is_file()]
-    assert not [text for text in seen if postgres_server.password in text]
-    # A wrong password: one line naming the query's variable, the password masked, nothing prepared.
-    (project.root / ".env").write_text(f"MMP_PASSENGERS_DB={postgres_server.uri(database, password='wrong-pw')}\n")
-    failed = project.mmp("prepare", "data=passengers", "paths.prepared_dir=data/other", check=False)
-    assert failed.returncode == 2 and "Traceback" not in failed.stderr
-    assert "The query of data 'passengers' on $MMP_PASSENGERS_DB failed" in failed.stderr
-    assert "password authentication failed" in failed.stderr and "wrong-pw" not in failed.stderr
-    assert not (project.root / "data" / "other").exists()
+def test_postgres_wrong_password_is_one_line_without_it(postgres_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = sql_config(REPO, source="sql", uri_env="MMP_TEST_DB_URI", sql="SELECT 1")
+    monkeypatch.setenv("MMP_TEST_DB_URI", postgres_server.uri("postgres", password="wrong-pw"))
+    with pytest.raises(DataError) as failure:
+        data_lib.input_file(config.data, config.root)
+    message = str(failure.value)
+    assert message.startswith("The query of data 'titanic' on $MMP_TEST_DB_URI failed (")
+    assert "password authentication failed" in message and "wrong-pw" not in message and "\n" not in message
 
 
 @pytest.mark.slow
@@ -165,18 +149,27 @@ def test_dvc_ingest_stage_reruns_prepare_only_when_the_rows_change(postgres_serv
     first = project.dvc("repro", "prepare")
     assert "Running stage 'ingest'" in first.stdout and "Running stage 'prepare'" in first.stdout
     snapshot = project.root / "data" / "raw" / "passengers.parquet"
-    assert pl.read_parquet(snapshot).height == ADULTS
+    assert pl.read_parquet(snapshot).height == ADULTS  # the bound parameter filtered the rows
+    manifest = json.loads((project.root / "data" / "prepared" / "manifest.json").read_text())
+    assert sum(manifest["rows"].values()) == ADULTS and manifest["data"]["digest"] == data_lib.file_digest(snapshot)
+    run = project.runs("prepare")[0]
+    assert run.data.params["data.uri_env"] == "MMP_PASSENGERS_DB" and run.data.params["data.sql_params"] == "[18]"
     again = project.dvc("repro", "prepare")
     assert "Running stage 'ingest'" in again.stdout and "Stage 'prepare' didn't change, skipping" in again.stdout
     postgres_server.execute(database, "INSERT INTO passengers VALUES ('1st', 'died', 'male', 40, 0, 0)")
     changed = project.dvc("repro", "prepare")
     assert "Running stage 'prepare'" in changed.stdout
     assert pl.read_parquet(snapshot).height == ADULTS + 1
-    run = project.runs("prepare")[0]
-    (dataset,) = run.inputs.dataset_inputs
-    assert dataset.dataset.digest == data_lib.file_digest(snapshot)
+    # The MLflow dataset input: the database URI with its password masked, and the new snapshot's digest.
+    (dataset,) = project.runs("prepare")[0].inputs.dataset_inputs
+    assert dataset.dataset.source_type == "sql" and dataset.dataset.digest == data_lib.file_digest(snapshot)
     assert json.loads(dataset.dataset.source)["uri"] == postgres_server.uri(database, password="***")
-    assert postgres_server.password not in (project.root / "params.yaml").read_text()
+    # The password (only in .env) is nowhere else: outputs, the store, its artifacts, params.yaml, dvc.lock.
+    seen = {"output": first.stdout + first.stderr + again.stdout + again.stderr + changed.stdout + changed.stderr}
+    files = [project.root / "mlflow.db", project.root / "params.yaml", project.root / "dvc.lock"]
+    files += [path for path in (project.root / "mlruns").rglob("*") if path.is_file()]
+    seen.update({str(path): path.read_bytes().decode("latin-1") for path in files})
+    assert not [name for name, text in seen.items() if postgres_server.password in text]
 
 
 def with_ingest_stage(dvc_yaml: str) -> str:
