@@ -67,7 +67,9 @@ def test_snapshot_keeps_its_bytes_when_the_source_is_unchanged(sqlite_db: Path, 
     assert sorted(p.name for p in dest.parent.iterdir()) == ["passengers.parquet"]  # no scratch left behind
 
 
-def test_sql_config_errors_are_one_line_without_the_password(sqlite_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sql_config_errors_are_one_line_without_the_password(
+    sqlite_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ConfigError, match="data.uri holds a password; put the whole URI in .env"):
         sql_config(REPO, source="sql", uri="postgresql://bob:hunter22@db:5432/x", sql="SELECT 1")
     with pytest.raises(ConfigError, match="needs data.uri .or data.uri_env. and data.sql"):
@@ -76,9 +78,10 @@ def test_sql_config_errors_are_one_line_without_the_password(sqlite_db: Path, mo
     monkeypatch.delenv("MMP_TEST_DB_URI", raising=False)
     with pytest.raises(ConfigError, match="names MMP_TEST_DB_URI, which is not set; put MMP_TEST_DB_URI="):
         data_lib.input_file(config.data, config.root)
-    monkeypatch.setenv("MMP_TEST_DB_URI", f"sqlite:///{sqlite_db}")
+    # The variable may live in the project's .env only (every command that reads the data finds it there).
+    (tmp_path / ".env").write_text(f"MMP_TEST_DB_URI=sqlite:///{sqlite_db}\n")
     with pytest.raises(DataError) as failure:
-        data_lib.input_file(config.data, config.root)
+        data_lib.input_file(config.data, tmp_path)
     message = str(failure.value)
     assert "\n" not in message and "$MMP_TEST_DB_URI failed" in message and "no such table: nope" in message
 

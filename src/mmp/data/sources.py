@@ -26,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mmp.config import DataConfig
+from mmp.config import DataConfig, tracking_root
 from mmp.data.load import file_digest
 from mmp.errors import ConfigError, DataError
 from mmp.files import scan_table
@@ -49,7 +49,7 @@ def source_location(data: DataConfig, root: Path) -> Path | str:
     """What the data is, for lineage and messages: a local path, an object store URL, or the SQL connection
     URI with its password masked."""
     if data.source == "sql":
-        return redact(connection_uri(data))
+        return redact(connection_uri(data, root))
     if is_remote(data.path):
         return redact(str(data.path))
     return _resolve(root, str(data.path))
@@ -136,10 +136,11 @@ def scan_remote(url: str) -> pl.LazyFrame:
     return frame
 
 
-def connection_uri(data: DataConfig) -> str:
-    """The SQL connection URI: ``data.uri``, or the value of the environment variable ``data.uri_env``."""
+def connection_uri(data: DataConfig, root: Path | None = None) -> str:
+    """The SQL connection URI: ``data.uri``, or the value of the variable ``data.uri_env`` (the environment
+    first, then the project's ``.env``, so that every command that reads the data finds it)."""
     if data.uri_env:
-        uri = os.environ.get(data.uri_env)
+        uri = os.environ.get(data.uri_env) or (_dotenv_value(root, data.uri_env) if root else None)
         if not uri:
             raise ConfigError(
                 f"data.uri_env names {data.uri_env}, which is not set; put {data.uri_env}=<connection URI> in "
@@ -165,7 +166,7 @@ def query_text(data: DataConfig, root: Path) -> str:
 
 def read_sql(data: DataConfig, root: Path) -> pl.DataFrame:
     """Run the configured query; its parameters are bound by the driver, never formatted into the text."""
-    uri = connection_uri(data)
+    uri = connection_uri(data, root)
     query = query_text(data, root)
     options = {"parameters": list(data.sql_params)} if data.sql_params else None
     try:
@@ -204,6 +205,15 @@ def _password(uri: str) -> str | None:
     return None
 
 
+def _dotenv_value(root: Path, name: str) -> str | None:
+    env_file = tracking_root(root) / ".env"
+    if not env_file.is_file():
+        return None
+    from dotenv import dotenv_values
+
+    return dotenv_values(env_file).get(name)
+
+
 def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
@@ -215,4 +225,3 @@ def _resolve(root: Path, path: str) -> Path:
 
 def _same_content(a: Path, b: Path) -> bool:
     return a.stat().st_size == b.stat().st_size and file_digest(a) == file_digest(b)
-
