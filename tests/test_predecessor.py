@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
-from conftest import BIN, Project, free_port, make_project, wait_for_http
+from conftest import BIN, Project, free_port, make_project, start_server, wait_for_http
 from mmp.config.compose import tracking_settings
 from mmp.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, VIEW_TAG, ui_path
 
 EXPERIMENT = "my-experiment"
+PASSENGER = {"pclass": "1st", "sex": "female", "age": 29, "sibsp": 0, "parch": 0}
 OLD_CONFIG = "configs/old.yaml"
 TRAIN = ["train", "-c", OLD_CONFIG, "-r", "recipes/xgb-baseline.yaml", "-d", "data/train.csv"]
 
@@ -159,6 +160,51 @@ def test_the_predecessors_config_trains_and_lists_old_and_new_runs(old_project: 
     assert str(old_project.root / "mlruns") in train.info.artifact_uri  # artifacts beside the old ones
     listed = old_project.mmp("runs", "-c", OLD_CONFIG, "--stage", "all", "--quiet").stdout.split()
     assert {run_id, *old_project.old_run_ids} <= set(listed)
+
+
+@pytest.mark.slow
+def test_promote_the_best_run_then_serve_and_batch_by_alias(old_project: Project, tmp_path: Path) -> None:
+    best = old_project.mmp("runs", "-c", OLD_CONFIG, "--best", "--data", "train", "--quiet").stdout.split()
+    assert len(best) == 1
+    run_id = best[0]
+    promoted = old_project.mmp("promote", run_id, "--name", "titanic-clf", "--alias", "champion", "-c", OLD_CONFIG)
+    assert "registered titanic-clf version 1" in promoted.stdout, promoted.stdout
+    assert "mmp serve-api --model-uri models:/titanic-clf@champion" in promoted.stdout
+    client = old_project.client()
+    version = client.get_model_version_by_alias("titanic-clf", "champion")
+    run = client.get_run(run_id)
+    assert str(version.version) == "1" and version.run_id == run_id
+    assert version.tags["mmp.data"] == "train" and version.tags["mmp.recipe"] == "xgb-baseline"
+    assert float(version.tags["test_roc_auc"]) == pytest.approx(run.data.metrics["test_roc_auc"], rel=1e-5)
+    assert not any("_curve_" in key for key in version.tags)
+
+    server = start_server(
+        old_project, ["-c", OLD_CONFIG, "--model-uri", "models:/titanic-clf@champion", "--workers", "1"]
+    )
+    try:
+        status, _, body = server.request("/predict", PASSENGER)
+        assert status == 200 and body["prediction"] == "survived"
+        status, _, metadata = server.request("/metadata")
+        assert (
+            status == 200 and metadata["run_id"] == run_id and metadata["model_uri"] == "models:/titanic-clf@champion"
+        )
+    finally:
+        server.stop()
+    output = tmp_path / "predictions.csv"
+    batch = ["batch-inference", "-c", OLD_CONFIG, "--model-uri", "models:/titanic-clf@champion"]
+    old_project.mmp(*batch, "-d", "data/train.csv", "-o", str(output))
+    import polars as pl
+
+    predictions = pl.read_csv(output)
+    assert predictions.height == pl.read_csv(old_project.root / "data" / "train.csv").height
+    assert {"prediction", "proba_survived"} <= set(predictions.columns)
+
+    again = old_project.mmp("promote", run_id, "--name", "titanic-clf", "--alias", "champion", "-c", OLD_CONFIG)
+    assert (
+        "version 2" in again.stdout and str(client.get_model_version_by_alias("titanic-clf", "champion").version) == "2"
+    )
+    missing = old_project.mmp("promote", "0" * 32, "--name", "titanic-clf", "-c", OLD_CONFIG, check=False)
+    assert "No run '00000000000000000000000000000000'" in one_error(missing)
 
 
 # --------------------------------------------------------------------------- the MLflow UI (slow, Chromium)

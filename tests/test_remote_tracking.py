@@ -143,6 +143,28 @@ def test_serve_api_loads_the_model_from_the_server(team: Team) -> None:
         team.transcripts.append(server.log_path.read_text())
 
 
+def test_promote_on_the_server_then_serve_by_alias(team: Team) -> None:
+    promoted = team.mmp(
+        "promote", team.train_run_id, "--name", "team-model", "--alias", "champion", "-c", "configs/prod.yaml"
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    assert "registered team-model version 1" in promoted.stdout
+    with logged_in():
+        version = team.client().get_model_version_by_alias("team-model", "champion")
+    assert version.run_id == team.train_run_id and version.tags["mmp.data"] == "titanic"
+    assert float(version.tags["test_roc_auc"]) >= 0.80
+    server = start_server(
+        team.project, ["-c", "configs/prod.yaml", "--model-uri", "models:/team-model@champion", "--workers", "1"]
+    )
+    try:
+        status, _, body = server.request("/predict", ROW)
+        assert status == 200 and body["prediction"] == "survived"
+        assert server.request("/metadata")[2]["run_id"] == team.train_run_id
+    finally:
+        server.stop()
+        team.transcripts.append(server.log_path.read_text())
+
+
 def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

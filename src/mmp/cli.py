@@ -144,9 +144,20 @@ def _shown(path: Path) -> str:
 
 
 def _print_next_steps(config: Any, run_id: str) -> None:
+    from urllib.parse import urlsplit
+
+    import mlflow
+
+    from mmp.tracking.store import ui_path
+
+    server = "http://127.0.0.1:5000"
+    if (parts := urlsplit(config.mlflow.tracking_uri)).scheme in ("http", "https"):  # no credentials in a link
+        server = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+    link = server + ui_path(mlflow.get_run(run_id).info.experiment_id)  # training runs with the metric columns
     print(f"MLflow run id: {run_id}")
     print("Next:")
-    print("  mlflow ui --port 5000                 # compare runs at http://127.0.0.1:5000")
+    print("  mlflow ui --port 5000                 # then open the runs with their metrics:")
+    print(f"    {link}")
     print("  dvc exp run -S recipe=lgbm-tuned      # try another recipe as a DVC experiment")
     print(f"  mmp serve-api --run-id {run_id}")
 
@@ -345,6 +356,15 @@ def cmd_system_check(args: argparse.Namespace) -> None:
         raise MmpError(f"{len(failed)} check(s) failed ({', '.join(failed)}); apply the fixes above and run it again")
 
 
+def cmd_promote(args: argparse.Namespace) -> None:
+    """Register a train run's model in MLflow's model registry and point an alias at the new version."""
+    from mmp.tracking.registry import promote
+
+    done = promote(_config_from(args), args.run_id, args.name, args.alias)
+    print(f"registered {done.name} version {done.version} (run {done.run_id}); alias '{done.alias}' points at it")
+    print(f"  mmp serve-api --model-uri {done.model_uri}")
+
+
 def cmd_migrate_store(args: argparse.Namespace) -> None:
     """Move MMP 1.x's file store (mlruns/) into mlflow.db, losslessly (``mlflow migrate-filestore``)."""
     from mmp.tracking.migrate import migrate_store
@@ -519,6 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/prod.yaml)")
     check.set_defaults(func=cmd_system_check, recipe=None, data=None, overrides=[])
+
+    promote = commands.add_parser(
+        "promote", help="register a train run's model in MLflow's model registry and set an alias (e.g. champion)"
+    )
+    promote.add_argument("run_id", help="the train run whose model to register (`mmp runs --best -q`)")
+    promote.add_argument("--name", required=True, help="registered model name")
+    promote.add_argument("--alias", default="champion", help="alias to point at the new version (default: champion)")
+    promote.add_argument("-c", "--config", metavar="FILE", help="environment config (e.g. configs/prod.yaml)")
+    promote.set_defaults(func=cmd_promote, recipe=None, data=None, overrides=[])
 
     migrate = commands.add_parser(
         "migrate-store", help="move an MMP 1.x file store (mlruns/) into the SQLite store mlflow.db"

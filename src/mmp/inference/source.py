@@ -14,17 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from mmp.config import Config
-from mmp.errors import MmpError
 from mmp.model.predictor import Predictor
 from mmp.tracking import TAG_PREFIX, setup
+from mmp.tracking.registry import ModelNotFound, logged_model_uri
 
 log = logging.getLogger(__name__)
 
 SOURCE_FILE = "mmp_source.json"  # written next to the downloaded model: where it came from
-
-
-class ModelNotFound(MmpError):
-    """The run or model URI does not name an mmp model in the tracking store."""
 
 
 @dataclass
@@ -53,33 +49,11 @@ class LocalModel:
 
 def resolve_model_uri(run_id: str | None = None, model_uri: str | None = None) -> str:
     """The model URI of a run's mmp model, or ``model_uri`` itself. MLflow must already be set up."""
-    import mlflow
-
     if model_uri:
         return model_uri
     if not run_id:
         raise ModelNotFound("Name the model with --run-id RUN_ID or --model-uri models:/NAME@ALIAS")
-    try:
-        run = mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise ModelNotFound(
-            f"No run '{run_id}' in the tracking store {mlflow.get_tracking_uri()}; list runs with `mmp runs`"
-        ) from None
-    models = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'",
-        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
-        output_format="list",
-    )
-    # A mirror interrupted by the store may have left a model that never finished uploading; `mmp mirror`
-    # then logs a complete one. Serve the newest complete model.
-    models = [model for model in models if str(model.status) == "READY"]
-    if not models:
-        stage = run.data.tags.get(f"{TAG_PREFIX}stage", "?")
-        raise ModelNotFound(
-            f"Run '{run_id}' ({stage} stage) logged no model; pick a train run (`mmp runs --stage train`)"
-        )
-    return f"models:/{models[0].model_id}"
+    return logged_model_uri(run_id)
 
 
 def download(config: Config, *, run_id: str | None = None, model_uri: str | None = None, dest: Path) -> Path:
