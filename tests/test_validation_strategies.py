@@ -79,3 +79,63 @@ def test_bad_split_settings_get_one_line() -> None:
             from_dict({**base, "split": split_cfg}, root=REPO)
         assert "\n" not in str(caught.value)
     assert dataclasses.asdict(SplitConfig())["strategy"] == "stratified"
+
+
+def _cross_validated(k: int, config: SplitConfig, seed: int = 0) -> tuple[object, np.ndarray]:
+    from mmp.config import PreprocessingConfig
+    from mmp.data.preprocessing import Preprocessor
+    from mmp.data.split import folds
+    from mmp.model.registry import check_model_name, encoding_plan, resolve_params
+    from mmp.pipeline.cv import cross_validate
+
+    frame = _titanic()
+    spec = check_model_name("xgboost")
+    classes = ["died", "survived"]
+    pre = Preprocessor.fit(
+        frame,
+        target="survived",
+        task="binary",
+        classes=classes,
+        id_columns=["when", "family"],
+        features=["pclass", "sex", "age", "sibsp", "parch"],
+        categorical_columns=[],
+        plan=encoding_plan(spec, PreprocessingConfig()),
+    )
+    fold_of = folds(frame, "survived", "binary", config, k, seed)
+    params = resolve_params(spec, "binary", {"n_estimators": 60, "max_depth": 4, "n_jobs": 1}, seed)
+    x, y = pre.transform(frame), pre.encode_target(frame["survived"])
+    result = cross_validate(
+        spec, "binary", params, x, y, fold_of, k, config.strategy == "temporal", classes, [], 10, None
+    )
+    return result, fold_of
+
+
+def test_five_folds_cover_every_row_once_and_repeat_exactly() -> None:
+    result, fold_of = _cross_validated(5, SplitConfig())
+    assert len(result.fold_metrics) == 5 and all("roc_auc" in m for m in result.fold_metrics)
+    # Every row is validated in exactly one fold: one fold id each, and one out-of-fold prediction each.
+    assert sorted(np.unique(fold_of).tolist()) == [0, 1, 2, 3, 4]
+    assert np.bincount(fold_of).max() - np.bincount(fold_of).min() <= 1
+    assert result.validated.all() and not np.isnan(result.oof).any()
+    summary = result.summary()
+    assert 0.75 < summary["cv_roc_auc_mean"] < 0.95 and 0 < summary["cv_roc_auc_std"] < 0.1
+    assert all(b is not None for b in result.best_iterations)
+    again, _ = _cross_validated(5, SplitConfig())
+    assert again.fold_metrics == result.fold_metrics  # the same seed: identical fold metrics
+    np.testing.assert_array_equal(again.oof, result.oof)
+
+
+def test_grouped_and_time_series_folds() -> None:
+    frame = _titanic()
+    from mmp.data.split import folds
+
+    grouped = folds(frame, "survived", "binary", SplitConfig(strategy="group", group_column="family"), 4, 0)
+    by_group = (
+        pl.DataFrame({"family": frame["family"], "fold": grouped}).group_by("family").agg(pl.col("fold").n_unique())
+    )
+    assert by_group["fold"].max() == 1  # no group in two folds
+    result, blocks = _cross_validated(3, SplitConfig(strategy="temporal", time_column="when"))
+    times = frame["when"].to_numpy()
+    for block in range(1, 4):  # each validated block is later than every row it was trained on
+        assert times[blocks == block].min() >= times[blocks < block].max()
+    assert len(result.fold_metrics) == 3 and not result.validated[blocks == 0].any()

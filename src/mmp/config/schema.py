@@ -62,6 +62,11 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class CvConfig:
+    folds: int = 0  # k >= 2: k-fold cross-validation on train+valid, folds as split.strategy says; 0 or 1: off
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +148,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = 42
     split: SplitConfig = field(default_factory=SplitConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
@@ -287,6 +293,8 @@ def _check_values(config: Config) -> None:
     for strategy, key in (("temporal", "time_column"), ("group", "group_column")):
         if split.strategy == strategy and not getattr(split, key):
             raise ConfigError(f"split.strategy {strategy} needs split.{key}; name the column: split.{key}=<column>")
+    if config.cv.folds < 0 or config.cv.folds > 100:
+        raise ConfigError(f"cv.folds is {config.cv.folds}; use 0 (no cross-validation) or 2 to 100 folds")
     if split.valid_size + split.test_size >= 0.9:
         raise ConfigError("split.valid_size + split.test_size leave under 10% of rows to train on; lower them")
     _check_choice("compute.engine", config.compute.engine, COMPUTE_ENGINES)

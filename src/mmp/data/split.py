@@ -89,7 +89,7 @@ def _time_order(frame: pl.DataFrame, column: str | None) -> np.ndarray:
 def _by_group(frame: pl.DataFrame, column: str | None, n_test: int, n_valid: int, seed: int) -> np.ndarray:
     """Whole groups, in a seeded order, fill test then valid; the rest train. A group's rows stay together."""
     groups = _column(frame, column, "group_column")
-    codes = groups.cast(pl.String).fill_null("\0null").rank("dense").cast(pl.Int64).to_numpy() - 1
+    codes = _group_codes(groups)
     sizes = np.bincount(codes)
     order = np.random.default_rng(seed).permutation(sizes.size)
     # A group goes where its middle row falls along the shuffled groups: split sizes come out close to asked.
@@ -98,3 +98,44 @@ def _by_group(frame: pl.DataFrame, column: str | None, n_test: int, n_valid: int
     by_group = np.empty(sizes.size, dtype=np.int8)
     by_group[order] = where
     return by_group[codes]
+
+
+def folds(frame: pl.DataFrame, target: str, task: str, config: SplitConfig, k: int, seed: int) -> np.ndarray:
+    """Each row's fold (0..k-1) for k-fold cross-validation, by ``config.strategy``: shuffled rows dealt round
+    the folds (per class when stratified), whole groups filling the smallest fold, or, for temporal, k+1 time
+    blocks (0 oldest) where fold i validates on block i and trains on the blocks before it; block 0 only trains.
+    """
+    n = frame.height
+    rng = np.random.default_rng(seed)
+    if config.strategy == "temporal":
+        order = _time_order(frame, config.time_column)
+        block = np.empty(n, dtype=np.int64)
+        for index, rows in enumerate(np.array_split(order, k + 1)):
+            block[rows] = index
+        return block
+    fold = np.empty(n, dtype=np.int64)
+    if config.strategy == "group":
+        codes = _group_codes(_column(frame, config.group_column, "group_column"))
+        sizes = np.bincount(codes)
+        by_group = np.empty(sizes.size, dtype=np.int64)
+        filled = np.zeros(k)
+        for group in rng.permutation(sizes.size):  # each group into the emptiest fold so far
+            by_group[group] = int(np.argmin(filled))
+            filled[by_group[group]] += sizes[group]
+        return by_group[codes]
+    stratified = config.strategy == "stratified" and config.stratify and task != "regression"
+    labels = frame[target].cast(pl.String) if stratified else None
+    groups = (
+        [np.flatnonzero((labels == label).to_numpy()) for label in sorted(labels.unique().to_list())]
+        if labels is not None
+        else [np.arange(n)]
+    )
+    start = 0
+    for rows in groups:  # dealt on from where the last class stopped: fold sizes differ by at most one
+        fold[rng.permutation(rows)] = (start + np.arange(len(rows))) % k
+        start = (start + len(rows)) % k
+    return fold
+
+
+def _group_codes(groups: pl.Series) -> np.ndarray:
+    return groups.cast(pl.String).fill_null("\0null").rank("dense").cast(pl.Int64).to_numpy() - 1

@@ -60,15 +60,7 @@ def decide(
     if recipe.calibration != "none":
         _calibrate(recipe, model, x, y, held_out, decided)
     if model.task == "binary":
-        if recipe.threshold == "auto":
-            positive = model.output(x["valid"])[:, 1]
-            metric = recipe.threshold_metric
-            threshold, score = choose_threshold(y["valid"], positive, metric, recipe.threshold_costs)
-            decided.metrics[f"threshold_valid_{'f1' if metric == 'f1' else 'cost_per_row'}"] = score
-        else:
-            threshold = float(recipe.threshold)
-        model.threshold = threshold
-        decided.metrics["decision_threshold"] = threshold
+        _set_threshold(recipe, model, y["valid"], model.output(x["valid"])[:, 1], decided)
     return decided
 
 
@@ -122,3 +114,69 @@ def write_reliability(folder: Path, y_test: np.ndarray, decided: Decided, bins: 
             (folder / name).unlink(missing_ok=True)
         return
     write_reliability_plot(folder, y_test, decided.test_before, decided.test_after, bins)
+
+
+def decide_from_folds(
+    recipe: RecipeConfig,
+    model: TrainedModel,
+    oof: np.ndarray,
+    y: np.ndarray,
+    fold_of: np.ndarray,
+    validated: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+) -> Decided:
+    """:func:`decide` under cross-validation: the calibrator is fitted on the out-of-fold probabilities, and
+    kept when it lowers their Brier score, each fold calibrated by a calibrator fitted on the other folds (so no
+    row judges a calibrator it fitted); the threshold is chosen on the (calibrated) out-of-fold probabilities."""
+    decided = Decided()
+    oof, y, fold_of = oof[validated], y[validated], fold_of[validated]
+    chosen_on = oof
+    if recipe.calibration != "none":
+        bins = recipe.calibration_bins
+        crossed = np.empty_like(oof)
+        for fold in np.unique(fold_of):
+            own = fold_of == fold
+            crossed[own] = fit_calibrator(recipe.calibration, oof[~own], y[~own]).apply(oof[own])
+        calibrator = fit_calibrator(recipe.calibration, oof, y)
+        test_before = model.uncalibrated_output(x_test)
+        test_after = calibrator.apply(test_before)
+        for name, truth, before, after in (("oof", y, oof, crossed), ("test", y_test, test_before, test_after)):
+            decided.metrics.update(
+                {
+                    f"{name}_brier_uncalibrated": brier(truth, before),
+                    f"{name}_brier_calibrated": brier(truth, after),
+                    f"{name}_ece_uncalibrated": ece(truth, before, bins),
+                    f"{name}_ece_calibrated": ece(truth, after, bins),
+                }
+            )
+        decided.test_before, decided.test_after = test_before, test_after
+        was, now = decided.metrics["oof_brier_uncalibrated"], decided.metrics["oof_brier_calibrated"]
+        verdict = "kept" if now < was else ("forced" if recipe.calibration_force else "dropped")
+        model.calibrator = None if verdict == "dropped" else calibrator
+        if model.calibrator is not None:
+            chosen_on = calibrator.apply(oof)
+        decided.params.update(
+            {
+                "calibration_decision": f"{verdict}: out-of-fold Brier {was:.5f} -> {now:.5f} ({recipe.calibration})",
+                "calibration_kept": verdict != "dropped",
+                "calibration_rows": int(len(y)),
+                "calibration_ece_bins": bins,
+            }
+        )
+    if model.task == "binary":
+        _set_threshold(recipe, model, y, chosen_on[:, 1], decided)
+    return decided
+
+
+def _set_threshold(
+    recipe: RecipeConfig, model: TrainedModel, y: np.ndarray, positive: np.ndarray, decided: Decided
+) -> None:
+    if recipe.threshold == "auto":
+        metric = recipe.threshold_metric
+        threshold, score = choose_threshold(y, positive, metric, recipe.threshold_costs)
+        decided.metrics[f"threshold_valid_{'f1' if metric == 'f1' else 'cost_per_row'}"] = score
+    else:
+        threshold = float(recipe.threshold)
+    model.threshold = threshold
+    decided.metrics["decision_threshold"] = threshold

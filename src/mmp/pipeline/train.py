@@ -15,6 +15,7 @@ from mmp import data as data_lib
 from mmp import preload, tracking
 from mmp.config import Config, dump_yaml
 from mmp.data.preprocessing import Preprocessor
+from mmp.data.split import folds
 from mmp.errors import ConfigError
 from mmp.evaluation.drift import save_reference, training_reference
 from mmp.evaluation.metrics import classification_metrics, flat_metrics, primary_metric, regression_metrics
@@ -27,6 +28,7 @@ from mmp.model.trained import TrainedModel, fit
 from mmp.model.weighting import class_weights
 from mmp.pipeline import RECORDER_MODULE, decisions
 from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult, load_prepared
+from mmp.pipeline.cv import CrossValidated, cross_validate
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,9 @@ def run_train(
         else:
             preload.start(preload.CHARTS)
         started = time.perf_counter()
+        folded = None
+        if config.cv.folds > 1:  # k fits on train+valid, then the refit on all of it
+            folded = _cross_validate(config, spec, task, params, splits, x, y, preprocessor, weights)
         data = FitData(
             x["train"][fit_rows],
             y["train"][fit_rows],
@@ -83,15 +88,30 @@ def run_train(
             config.recipe.model.early_stopping_rounds,
             weights,
         )
-        result, cluster_tags = _fit(config, spec, task, params, data, preprocessor, manifest["rows"], on_iteration)
+        if folded is None:
+            result, cluster_tags = _fit(config, spec, task, params, data, preprocessor, manifest["rows"], on_iteration)
+        else:
+            result, cluster_tags = folded.final, {}
         fit_seconds = time.perf_counter() - started
         means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
         model = TrainedModel(spec, task, result.estimator, preprocessor.classes or [], means)
         # Calibration (fitted on the held-out train rows, kept if it helps valid) and the decision threshold.
-        decided = decisions.decide(config.recipe, model, x, y, ~fit_rows)
+        if folded is None:
+            decided = decisions.decide(config.recipe, model, x, y, ~fit_rows)
+        else:
+            y_dev = np.concatenate([y["train"], y["valid"]])
+            decided = decisions.decide_from_folds(
+                config.recipe, model, folded.oof, y_dev, folded.fold_of, folded.validated, x["test"], y["test"]
+            )
         predictor = Predictor(preprocessor, model)
         outputs = {name: predictor.predict_encoded(x[name]).output for name in data_lib.SPLITS}
         by_split = {name: evaluate(task, y[name], outputs[name], model.threshold) for name in data_lib.SPLITS}
+        if folded is not None:  # the refit has seen valid: its honest scores are the out-of-fold ones
+            oof = folded.oof[folded.validated]
+            if model.calibrator is not None:
+                oof = model.calibrator.apply(oof)
+            by_split["valid"] = evaluate(task, y_dev[folded.validated], oof, model.threshold)
+            decided.metrics.update(folded.summary())
         model_dir = config.resolve(config.paths.model_dir)
         with staged_dir(model_dir) as scratch:
             model.save(scratch, mlflow_run_id=run.info.run_id)
@@ -106,6 +126,7 @@ def run_train(
             "cluster_tags": cluster_tags,
             "class_weights": dict(zip(predictor.classes, weights, strict=True)) if weights else {},
             "decisions": {"params": decided.params, "metrics": decided.metrics},
+            "folds": [] if folded is None else folded.fold_metrics,
             "history": {split: [float(v) for v in values] for split, values in result.history.items()},
             tracking.LATE_ARTIFACTS: {"plots": config.paths.plots_dir},
         }
@@ -168,6 +189,8 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     if decided := extras.get("decisions"):  # the calibration decision, its scores, the threshold
         mlflow.log_params(decided["params"])
         mlflow.log_metrics(decided["metrics"])
+    for name in extras["folds"][0] if extras.get("folds") else ():  # one step per fold: cv_fold_roc_auc, ...
+        _log_curve(f"cv_fold_{name}", [fold[name] for fold in extras["folds"]])
     if extras.get("class_weights"):  # what recipe.class_weight came to, per class
         mlflow.log_params({f"class_weight_effective.{label}": w for label, w in extras["class_weights"].items()})
     for split, values in extras["history"].items():
@@ -206,6 +229,37 @@ def _fit(
         cluster_data = distributed.partitioned(prepared, rows, preprocessor, cluster.workers, data)
         result = distributed.fit(client, spec, task, params, cluster_data)
     return result, cluster.as_tags(f"{tracking.TAG_PREFIX}cluster.")
+
+
+def _cross_validate(
+    config: Config,
+    spec: ModelSpec,
+    task: str,
+    params: dict[str, Any],
+    splits: dict[str, pl.DataFrame],
+    x: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    preprocessor: Preprocessor,
+    weights: list[float] | None,
+) -> CrossValidated:
+    """``cv.folds`` folds of train+valid (as ``split.strategy`` says), fitted, then the final refit."""
+    k = config.cv.folds
+    development = pl.concat([splits["train"], splits["valid"]], how="vertical_relaxed")
+    fold_of = folds(development, preprocessor.target, task, config.split, k, config.seed)
+    return cross_validate(
+        spec,
+        task,
+        params,
+        np.concatenate([x["train"], x["valid"]]),
+        np.concatenate([y["train"], y["valid"]]),
+        fold_of,
+        k,
+        config.split.strategy == "temporal",
+        [str(c) for c in preprocessor.classes or []],
+        preprocessor.categorical_indices,
+        config.recipe.model.early_stopping_rounds,
+        weights,
+    )
 
 
 def _curve_metric(task: str) -> str:

@@ -144,6 +144,8 @@ class Adapter:
     distributed: bool = False  # fit_distributed: the library's own Dask trainer (compute.engine dask)
     checks_own_params: bool = False  # the library validates its parameters itself (scikit-learn)
     param_ranges: dict[str, Range | None] = PARAM_RANGES  # documented ranges, checked before any data is read
+    # The number of boosting rounds (first) and its aliases: a cross-validated refit sets the first, drops the rest.
+    rounds_params: tuple[str, ...] = ("n_estimators",)
 
     # ----------------------------------------------------------------- building
 

@@ -34,6 +34,7 @@ class CatBoostAdapter(Adapter):
     key = "catboost"
     requirements = ("catboost",)
     early_stopping = True
+    rounds_params = ("iterations", "n_estimators", "num_boost_round", "num_trees")
     param_ranges = {
         **PARAM_RANGES,
         "depth": Range(1, 16),

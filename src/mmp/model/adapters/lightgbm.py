@@ -32,6 +32,7 @@ class LightGBMAdapter(Adapter):
     key = "lightgbm"
     requirements = ("lightgbm", "scikit-learn")
     early_stopping = True
+    rounds_params = ("n_estimators", "num_iterations", "num_boost_round", "num_trees", "num_round", "n_iter")
     distributed = True
     # max_depth <= 0 is no limit; subsample_freq <= 0 turns bagging off.
     param_ranges = {**PARAM_RANGES, "max_depth": None, "num_leaves": Range(2, 131072), "subsample_freq": None}
