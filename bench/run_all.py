@@ -7,6 +7,7 @@
     .venv/bin/python bench/run_all.py --only sweep    # a 4-job sweep in parallel vs in a row; per-run overhead
     .venv/bin/python bench/run_all.py --only loop     # mmp train, dvc repro -f, dvc exp run vs a plain script (titanic)
     .venv/bin/python bench/run_all.py --only quality  # mmp default, mmp tune and FLAML, 60 s each, on 5 data sets
+    .venv/bin/python bench/run_all.py --only tune     # mmp tune: 2 workers x 10 trials vs 20 trials in a row
 
 Benchmarks: cli (`mmp --help` vs `python -c pass`), dvc (no-op `dvc repro` vs a one-stage project),
 pipeline (prepare + train on 1,000,000 rows vs bench/plain_xgboost.py), loop (the everyday commands on
@@ -37,10 +38,11 @@ import bench_pipeline
 import bench_quality
 import bench_serving
 import bench_sweep
+import bench_tune_parallel
 from common import RESULTS_DIR, machine, markdown_table, save_result, say
 
 DEFAULT = ("cli", "dvc", "pipeline", "loop")
-ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep", "quality")
+ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep", "quality", "tune")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("quality")
         results["quality"] = bench_quality.run(10.0 if args.quick else bench_quality.BUDGET_S)
         table += bench_quality.table(results["quality"])
+    if "tune" in args.only:
+        say("tune")
+        results["tune"] = bench_tune_parallel.run(1, "titanic" if args.quick else "diamonds")
+        table += bench_tune_parallel.table(results["tune"])
     for name, result in results.items():
         save_result(name, result)
 
