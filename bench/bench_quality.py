@@ -163,6 +163,42 @@ def run_flaml(project: Path, budget: float, primary: str) -> dict[str, Any]:
     return {"seconds": seconds, "best_estimator": automl.best_estimator, "test": test, "rows": len(y_test)}
 
 
+def test_calibration(project: Path, bins: int = 10) -> dict[str, float]:
+    """Test ROC AUC, ECE and Brier score of the model the train stage just wrote (calibrated if it kept one)."""
+    import polars as pl
+
+    from mmp.evaluation.calibration import brier, ece
+    from mmp.evaluation.metrics import classification_metrics
+    from mmp.model.predictor import Predictor
+
+    prepared = project / "data" / "prepared"
+    predictor = Predictor.load(prepared / "preprocessing.json", project / "models")
+    test = pl.read_parquet(prepared / "test.parquet")
+    y = predictor.preprocessor.encode_target(test[predictor.preprocessor.target])
+    proba = predictor.predict_frame(test).output
+    scores = classification_metrics(y, proba)
+    return {
+        "roc_auc": scores["roc_auc"],
+        "log_loss": scores["log_loss"],
+        "ece": ece(y, proba, bins),
+        "brier": brier(y, proba),
+        "calibrated": predictor.model.calibrator is not None,
+    }
+
+
+def run_calibration(project: Path, env: dict[str, str], sets: Sequence[str]) -> dict[str, Any]:
+    """Isotonic calibration (forced: kept even when the valid Brier score does not improve) vs none, on test."""
+    calibration: dict[str, Any] = {}
+    for name in [s for s in CALIBRATION_SETS if s in sets]:
+        say(f"quality: {name}: isotonic calibration")
+        run_default(project, env, name)
+        plain = test_calibration(project)
+        run_default(project, env, name, "recipe.calibration=isotonic", "recipe.calibration_force=true")
+        calibrated = test_calibration(project)
+        calibration[name] = {"none": plain, "isotonic": calibrated}
+    return calibration
+
+
 def calibration_available() -> bool:
     from mmp.config.schema import RecipeConfig
 
@@ -172,7 +208,13 @@ def calibration_available() -> bool:
 # --------------------------------------------------------------------------- the run
 
 
-def run(budget: float = BUDGET_S, sets: Sequence[str] = tuple(SETS), keep: bool = False) -> dict[str, Any]:
+def run(
+    budget: float = BUDGET_S,
+    sets: Sequence[str] = tuple(SETS),
+    keep: bool = False,
+    compare: bool = True,
+    calibrate: bool = True,
+) -> dict[str, Any]:
     from mmp.evaluation.metrics import PRIMARY
 
     env = clean_env(**GIT_ENV)
@@ -184,7 +226,7 @@ def run(budget: float = BUDGET_S, sets: Sequence[str] = tuple(SETS), keep: bool 
             write_data(project, SETS[name])
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
             run_logged(cmd, project, env, " ".join(cmd))
-        for name in sets:
+        for name in sets if compare else ():
             say(f"quality: {name}: default recipe")
             default = run_default(project, env, name)
             task = json.loads((project / "data" / "prepared" / "manifest.json").read_text())["task"]
@@ -199,13 +241,7 @@ def run(budget: float = BUDGET_S, sets: Sequence[str] = tuple(SETS), keep: bool 
                 f"quality: {name}: {primary} default {default['test'][primary]:.4f}, tuned "
                 f"{tuned['test'][primary]:.4f}, FLAML {flaml['test'][primary]:.4f}: {results[name]['verdict']}"
             )
-        calibration: dict[str, Any] = {}
-        if calibration_available():
-            for name in [s for s in CALIBRATION_SETS if s in sets]:
-                say(f"quality: {name}: isotonic calibration")
-                plain = run_default(project, env, name)
-                calibrated = run_default(project, env, name, "recipe.calibration=isotonic")
-                calibration[name] = {"none": plain["test"], "isotonic": calibrated["test"]}
+        calibration = run_calibration(project, env, sets) if calibrate and calibration_available() else {}
     wins = sum(result["verdict"] != "LOSS" for result in results.values())
     return {
         "benchmark": "quality",
@@ -245,11 +281,17 @@ def details(result: dict[str, Any]) -> str:
     calibration = result["calibration"]
     if isinstance(calibration, str):
         return f"{text}\n\nCalibration: {calibration}"
-    lines = ["| set | ECE none | ECE isotonic | ROC AUC none | ROC AUC isotonic |", "|---|---|---|---|---|"]
+    lines = [
+        "| set | test ECE none | ECE isotonic | ROC AUC none | AUC isotonic | Brier none | Brier isotonic | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, c in calibration.items():
-        ece = [c[side].get("ece", float("nan")) for side in ("none", "isotonic")]
-        auc = [c[side]["roc_auc"] for side in ("none", "isotonic")]
-        lines.append(f"| {name} | {ece[0]:.4f} | {ece[1]:.4f} | {auc[0]:.4f} | {auc[1]:.4f} |")
+        none, iso = c["none"], c["isotonic"]
+        met = iso["ece"] < none["ece"] and iso["roc_auc"] >= none["roc_auc"] - TIE["roc_auc"]
+        lines.append(
+            f"| {name} | {none['ece']:.4f} | {iso['ece']:.4f} | {none['roc_auc']:.4f} | {iso['roc_auc']:.4f} | "
+            f"{none['brier']:.4f} | {iso['brier']:.4f} | {'PASS' if met else 'FAIL'} |"
+        )
     return f"{text}\n\n" + "\n".join(lines)
 
 
@@ -291,7 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for mmp tune and FLAML (default 60)")
     parser.add_argument("--sets", nargs="+", choices=tuple(SETS), default=list(SETS))
     parser.add_argument("--keep", action="store_true", help="keep the project copy")
+    parser.add_argument("--calibration-only", action="store_true", help="only the isotonic calibration comparison")
     args = parser.parse_args(argv)
+    if args.calibration_only:
+        result = run(args.budget, args.sets, args.keep, compare=False)
+        save_result("quality_calibration", result)
+        print(details(result))
+        return 0
     result = run(args.budget, args.sets, args.keep)
     save_result("quality", result)
     print(details(result))
