@@ -240,7 +240,8 @@ def cmd_runs(args: argparse.Namespace) -> None:
     )
 
     config = _config_from(args)
-    ranking = bool(args.sort or args.best)
+    # A sweep's or DVC experiment's runs are one comparable set already; otherwise ranking keeps to one data set.
+    ranking = bool(args.sort or args.best) and not (args.sweep or args.dvc_exp)
     query = RunQuery(
         stage="train" if args.best else (None if args.stage == "all" else args.stage),
         recipe=args.recipe_name,
