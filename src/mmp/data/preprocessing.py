@@ -234,7 +234,8 @@ def _fit_numeric(
 ) -> ColumnState:
     impute = mean = std = None
     if imputation in ("median", "mean") or scaling == "standard":
-        values = train.select(pl.col(name).cast(pl.Float64)).collect(engine="streaming")[name]
+        # One chunk: a sum's rounding must not depend on how the column was read (memory, Parquet, stream).
+        values = train.select(pl.col(name).cast(pl.Float64)).collect(engine="streaming")[name].rechunk()
         if imputation in ("median", "mean"):
             valid = values.drop_nulls().drop_nans()
             impute = float(valid.median() if imputation == "median" else valid.mean())  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """Fitting on a Dask cluster (``compute.engine: dask``).
 
-The workers read the prepared Parquet splits in row slices and encode them with the same preprocessing
+The workers read the prepared Parquet splits in interleaved row partitions and encode them with the same preprocessing
 as a local fit; the library's own Dask trainer fits on those partitions (its adapter's ``fit_distributed``),
 and the result is the library's local estimator, saved, logged and served like any other model.
 A worker must see the prepared folder at the same path (a shared file system) and have mmp installed.
@@ -28,7 +28,7 @@ from mmp.redaction import redact
 
 log = logging.getLogger(__name__)
 
-MAX_PARTITION_ROWS = 250_000  # a worker encodes one slice at a time: its memory is bounded by this
+MAX_PARTITION_ROWS = 250_000  # a worker encodes one partition at a time: its memory is bounded by this
 _CONNECT_TIMEOUT = "10s"
 
 
@@ -112,8 +112,8 @@ def partitioned(
     """The train and valid splits as row-partitioned Dask arrays: at least one partition a worker."""
     arrays = {}
     for name in ("train", "valid"):
-        chunk = max(1, min(MAX_PARTITION_ROWS, math.ceil(rows[name] / max(workers, 1))))
-        arrays[name] = _encoded(prepared / f"{name}.parquet", rows[name], chunk, preprocessor)
+        parts = max(workers, 1, math.ceil(rows[name] / MAX_PARTITION_ROWS))
+        arrays[name] = _encoded(prepared / f"{name}.parquet", rows[name], parts, preprocessor)
     return ClusterData(
         *arrays["train"],
         *arrays["valid"],
@@ -129,22 +129,26 @@ def fit(client: Any, spec: ModelSpec, task: str, params: dict[str, Any], data: C
     return adapter_for(spec).fit_distributed(client, spec, task, params, data)
 
 
-def _encoded(path: Path, rows: int, chunk: int, preprocessor: Preprocessor) -> tuple[Any, Any]:
+def _encoded(path: Path, rows: int, parts: int, preprocessor: Preprocessor) -> tuple[Any, Any]:
     import dask
     import dask.array as da
 
     n_features = len(preprocessor.feature_names)
     y_dtype = np.float64 if preprocessor.task == "regression" else np.int32
     xs, ys = [], []
-    for start in range(0, rows, chunk):
-        length = min(chunk, rows - start)
-        pair = dask.delayed(_encode_slice, nout=2, pure=True)(str(path), start, length, preprocessor)
+    for part in range(min(parts, rows)):
+        length = len(range(part, rows, parts))
+        pair = dask.delayed(_encode_part, nout=2, pure=True)(str(path), part, parts, preprocessor)
         xs.append(da.from_delayed(pair[0], (length, n_features), np.float32))
         ys.append(da.from_delayed(pair[1], (length,), y_dtype))
     return da.concatenate(xs), da.concatenate(ys)
 
 
-def _encode_slice(path: str, start: int, length: int, preprocessor: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
-    """On a worker: rows [start, start + length) of a prepared split, encoded as the local fit encodes them."""
-    frame = pl.scan_parquet(path).slice(start, length).collect()
+def _encode_part(path: str, part: int, parts: int, preprocessor: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
+    """On a worker: every ``parts``-th row of a prepared split from row ``part`` on, encoded as a local fit does.
+
+    Interleaved, not sliced: a file sorted by some column would otherwise give each worker a different
+    range of it, and LightGBM finds each feature's bins from one worker's rows.
+    """
+    frame = pl.scan_parquet(path).gather_every(parts, offset=part).collect()
     return preprocessor.transform(frame), preprocessor.encode_target(frame[preprocessor.target])

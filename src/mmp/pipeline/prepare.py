@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,19 +41,24 @@ class Inputs:
         return {name: part.height for name, part in self.parts.items()}
 
 
-def check_inputs(config: Config, spec: ModelSpec | None = None) -> Inputs:
+def check_inputs(config: Config, spec: ModelSpec | None = None, scratch: Path | None = None) -> Inputs:
     """The prepare stage's checks of config and data, with no side effect: the data cleaned, split and its
     feature columns. ``mmp validate`` runs exactly these, so it answers the errors the stage would.
 
     The data file is streamed: counts and checks are aggregations, and only the columns a split needs
-    (the target, a time or group column) and a row position are held in memory.
+    (the target, a time or group column) and a row position are held in memory. With a ``scratch`` folder,
+    the file is parsed once, into a Parquet copy there that the later passes read (column by column).
     """
     spec = spec or check_model_name(config.recipe.model.name)
     data_cfg = config.data
     path = data_lib.input_file(data_cfg, config.root)
     keys = [c for c in (config.split.time_column, config.split.group_column) if c]
     with data_lib.parse_errors(path):
-        checked = data_lib.check_scan(data_lib.scan_checked(data_cfg, path), data_cfg, config.recipe.task, keys)
+        frame = data_lib.scan_checked(data_cfg, path)
+        if scratch is not None:
+            frame.sink_parquet(scratch / "rows.parquet", compression="lz4", engine="streaming")
+            frame = pl.scan_parquet(scratch / "rows.parquet")
+        checked = data_lib.check_scan(frame, data_cfg, config.recipe.task, keys)
     resolve_params(spec, checked.task, config.recipe.model.params, config.seed)  # the model can do this task
     if any(c not in checked.keys.columns for c in keys):  # split's own error, naming the file's columns
         data_lib.split(checked.frame.clear().collect(), data_cfg.target, checked.task, config.split, config.seed)
@@ -87,42 +93,46 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
     recorder = tracking.start_recorder(config, "prepare", context, RECORDER_MODULE)
     if recorder is None:
         preload.start(preload.MLFLOW)  # while Polars reads
-    inputs = check_inputs(config, spec)
-    checked = inputs.checked
-    digest = data_lib.file_digest(inputs.path)
-    rows = inputs.rows
-    tags = {f"{tracking.TAG_PREFIX}task": checked.task, f"{tracking.TAG_PREFIX}data_digest": digest}
-    with tracking.stage_run(config, "prepare", tags=tags, context=context, lazy=True, recorder=recorder) as run:
-        out_dir = config.resolve(config.paths.prepared_dir)
-        with staged_dir(out_dir) as scratch:
-            write_splits(inputs, scratch)  # first: Polars writes without the GIL while MLflow loads
-            preprocessor = Preprocessor.fit(
-                pl.scan_parquet(scratch / "train.parquet"),
-                target=data_cfg.target,
-                task=checked.task,
-                classes=checked.classes,
-                id_columns=data_cfg.id_columns,
-                features=inputs.features,
-                categorical_columns=data_cfg.categorical_columns,
-                plan=encoding_plan(spec, config.recipe.preprocessing),
-            )
-            preprocessor.save(scratch / PREPROCESSING_FILE)
-            manifest = {
-                "prepare_run_id": run.info.run_id,
-                "data": {
-                    "name": data_cfg.name,
-                    "path": data_cfg.path or str(data_lib.source_location(data_cfg, config.root)),
-                    "digest": digest,
-                },
-                "task": checked.task,
-                "target": data_cfg.target,
-                "classes": checked.classes,
-                "rows": rows,
-                "dropped_null_target": checked.dropped_null_target,
-                "features": inputs.features,
-            }
-            write_json_atomic(scratch / MANIFEST_FILE, manifest)
-        tracking.mirror(config, "prepare", run, _mirror_prepare, {}, [out_dir])
+    scratch_parent = config.resolve(config.paths.prepared_dir).parent
+    scratch_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".mmp-prepare-", dir=scratch_parent) as folder:
+        # The data file parsed once, into Parquet there, read by the checks and the splits; removed at the end.
+        inputs = check_inputs(config, spec, Path(folder))
+        checked = inputs.checked
+        digest = data_lib.file_digest(inputs.path)
+        rows = inputs.rows
+        tags = {f"{tracking.TAG_PREFIX}task": checked.task, f"{tracking.TAG_PREFIX}data_digest": digest}
+        with tracking.stage_run(config, "prepare", tags=tags, context=context, lazy=True, recorder=recorder) as run:
+            out_dir = config.resolve(config.paths.prepared_dir)
+            with staged_dir(out_dir) as scratch:
+                write_splits(inputs, scratch)  # first: Polars writes without the GIL while MLflow loads
+                preprocessor = Preprocessor.fit(
+                    pl.scan_parquet(scratch / "train.parquet"),
+                    target=data_cfg.target,
+                    task=checked.task,
+                    classes=checked.classes,
+                    id_columns=data_cfg.id_columns,
+                    features=inputs.features,
+                    categorical_columns=data_cfg.categorical_columns,
+                    plan=encoding_plan(spec, config.recipe.preprocessing),
+                )
+                preprocessor.save(scratch / PREPROCESSING_FILE)
+                manifest = {
+                    "prepare_run_id": run.info.run_id,
+                    "data": {
+                        "name": data_cfg.name,
+                        "path": data_cfg.path or str(data_lib.source_location(data_cfg, config.root)),
+                        "digest": digest,
+                    },
+                    "task": checked.task,
+                    "target": data_cfg.target,
+                    "classes": checked.classes,
+                    "rows": rows,
+                    "dropped_null_target": checked.dropped_null_target,
+                    "features": inputs.features,
+                }
+                write_json_atomic(scratch / MANIFEST_FILE, manifest)
+            tracking.mirror(config, "prepare", run, _mirror_prepare, {}, [out_dir])
     log.info("prepare: %s rows -> train %d / valid %d / test %d (%s)", checked.rows, *rows.values(), checked.task)
     return StageResult(run.info.run_id, [out_dir], {f"rows_{k}": v for k, v in rows.items()})
 

@@ -1,0 +1,146 @@
+"""The prepare stage streams (issue 18): the same splits and preprocessing state as the in-memory path, and a
+peak memory that does not grow with the file's rows beyond the split's key columns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import REPO
+from mmp import data as data_lib
+from mmp.config import load_config
+from mmp.data.preprocessing import Preprocessor
+from mmp.errors import DataError
+from mmp.model.registry import check_model_name, encoding_plan
+from mmp.pipeline.prepare import check_inputs, write_splits
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("streaming") / "project"
+    shutil.copytree(REPO / "conf", root / "conf", symlinks=True)
+    shutil.copytree(REPO / "recipes", root / "recipes")
+    shutil.copytree(REPO / "data", root / "data", ignore=shutil.ignore_patterns("prepared"))
+    return root
+
+
+def _in_memory(config, spec):  # type: ignore[no-untyped-def]
+    """The prepare stage's work on a frame in memory, as it ran before it streamed."""
+    data = config.data
+    cleaned = data_lib.clean_and_check(data_lib.load(data, config.resolve(data.path)), data, config.recipe.task)
+    parts = data_lib.split(cleaned.frame, data.target, cleaned.task, config.split, config.seed)
+    preprocessor = Preprocessor.fit(
+        parts["train"],
+        target=data.target,
+        task=cleaned.task,
+        classes=cleaned.classes,
+        id_columns=data.id_columns,
+        features=data_lib.feature_columns(cleaned.frame, data),
+        categorical_columns=data.categorical_columns,
+        plan=encoding_plan(spec, config.recipe.preprocessing),
+    )
+    return parts, preprocessor
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["recipe=xgb-baseline"],
+        ["recipe=linear-baseline"],  # median imputation, scaling, one-hot
+        ["recipe=linear-baseline", "data=penguins"],
+        ["recipe=rf-experiment", "data=diamonds"],
+        ["split.strategy=random"],
+        ["split.strategy=temporal", "split.time_column=sibsp"],  # rows come out in time order
+        ["split.strategy=group", "split.group_column=parch", "split.test_size=0.2"],
+        ["data.query='age >= 18'"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_streamed_splits_and_state_equal_the_in_memory_ones(root: Path, tmp_path: Path, overrides: list[str]) -> None:
+    config = load_config(overrides, root=root)
+    spec = check_model_name(config.recipe.model.name)
+    parts, preprocessor = _in_memory(config, spec)
+    inputs = check_inputs(config, spec)
+    write_splits(inputs, tmp_path)
+    for name, part in parts.items():
+        assert pl.read_parquet(tmp_path / f"{name}.parquet").equals(part), name
+    assert inputs.rows == {name: part.height for name, part in parts.items()}
+    streamed = Preprocessor.fit(
+        pl.scan_parquet(tmp_path / "train.parquet"),
+        target=config.data.target,
+        task=inputs.checked.task,
+        classes=inputs.checked.classes,
+        id_columns=config.data.id_columns,
+        features=inputs.features,
+        categorical_columns=config.data.categorical_columns,
+        plan=encoding_plan(spec, config.recipe.preprocessing),
+    )
+    assert streamed.to_json() == preprocessor.to_json()
+
+
+def test_a_missing_split_column_is_named_with_the_files_columns(root: Path) -> None:
+    config = load_config(["split.strategy=temporal", "split.time_column=when"], root=root)
+    with pytest.raises(DataError, match=r"split.time_column is 'when'.*one of pclass, survived, sex"):
+        check_inputs(config)
+
+
+def test_a_parse_error_while_streaming_is_one_line(root: Path, tmp_path: Path) -> None:
+    bad = root / "data" / "bad.csv"
+    rows = ["x,y"] + [f"{i},{i % 2}" for i in range(30_000)] + ["oops,1"]
+    bad.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config = load_config(["data.path=data/bad.csv", "data.target=y"], root=root)
+    with pytest.raises(DataError, match=r"bad.csv cannot be parsed"):
+        write_splits(check_inputs(config), tmp_path)
+
+
+_PEAK = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from mmp.config import load_config
+    from mmp.pipeline.prepare import check_inputs, write_splits
+    config = load_config(["data=wide", "recipe=xgb-baseline"], root=Path(sys.argv[1]))
+    write_splits(check_inputs(config), Path(sys.argv[2]))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    """
+)
+
+
+def _wide_csv(path: Path, rows: int) -> None:
+    """A CSV of 24 numeric and 2 text columns: about 220 bytes a row, 100 bytes a row once read."""
+    rng = np.random.default_rng(0)
+    columns = {f"x{i}": rng.normal(size=rows).round(4) for i in range(24)}
+    columns["kind"] = rng.choice(["a", "b", "c"], rows)
+    columns["city"] = rng.choice([f"city{i}" for i in range(50)], rows)
+    columns["label"] = rng.integers(0, 2, rows)
+    pl.DataFrame(columns).write_csv(path)
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_rows(root: Path, tmp_path: Path) -> None:
+    """4x the rows (+150 MB of data once read) add less than a fifth of that to the streaming prepare's peak."""
+    peaks, frames = {}, {}
+    for rows in (250_000, 1_000_000):
+        path = tmp_path / f"wide_{rows}.csv"
+        _wide_csv(path, rows)
+        frames[rows] = pl.read_csv(path).estimated_size() / 2**20
+        (root / "conf" / "data" / "wide.yaml").write_text(f"name: wide\npath: {path}\ntarget: label\n")
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK, str(root), str(tmp_path / f"out_{rows}")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        peaks[rows] = float(out.stdout.split()[-1])
+    growth, data_growth = peaks[1_000_000] - peaks[250_000], frames[1_000_000] - frames[250_000]
+    print(json.dumps({"peak_mb": peaks, "frame_mb": frames}))
+    assert growth < 0.2 * data_growth, (peaks, frames)
