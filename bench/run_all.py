@@ -8,6 +8,7 @@
     .venv/bin/python bench/run_all.py --only loop     # mmp train, dvc repro -f, dvc exp run vs a plain script (titanic)
     .venv/bin/python bench/run_all.py --only quality  # mmp default, mmp tune and FLAML, 60 s each, on 5 data sets
     .venv/bin/python bench/run_all.py --only tune     # mmp tune: 2 workers x 10 trials vs 20 trials in a row
+    .venv/bin/python bench/run_all.py --only scale    # streaming prepare vs eager read_csv, 1M/5M/10M rows
 
 Benchmarks: cli (`mmp --help` vs `python -c pass`), dvc (no-op `dvc repro` vs a one-stage project),
 pipeline (prepare + train on 1,000,000 rows vs bench/plain_xgboost.py), loop (the everyday commands on
@@ -36,13 +37,14 @@ import bench_loop
 import bench_omp
 import bench_pipeline
 import bench_quality
+import bench_scale
 import bench_serving
 import bench_sweep
 import bench_tune_parallel
 from common import RESULTS_DIR, machine, markdown_table, save_result, say
 
 DEFAULT = ("cli", "dvc", "pipeline", "loop")
-ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep", "quality", "tune")
+ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep", "quality", "tune", "scale")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("tune")
         results["tune"] = bench_tune_parallel.run(1, "titanic" if args.quick else "diamonds")
         table += bench_tune_parallel.table(results["tune"])
+    if "scale" in args.only:
+        say("scale")
+        results["scale"] = bench_scale.run((100_000, 500_000) if args.quick else bench_scale.SIZES)
+        table += bench_scale.table(results["scale"])
     for name, result in results.items():
         save_result(name, result)
 
@@ -132,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "quality" in results:
         print("\nQuality details:\n")
         print(bench_quality.details(results["quality"]))
+    if "scale" in results:
+        print("\nScale: peak RSS and wall time against rows:\n")
+        print(bench_scale.details(results["scale"]))
     if "serving" in results:
         print("\nServing details:\n")
         print(bench_serving.details(results["serving"]))

@@ -47,13 +47,13 @@ def test_two_workers_on_a_journal_file(project: Project) -> None:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    out = project.mmp("tune", *FAST, "--n-trials", "6", "--workers", "2").stdout
-    assert "6 jobs, 0 failed" in out
+    out = project.mmp("tune", *FAST, "--n-trials", "4", "--workers", "2").stdout
+    assert "4 jobs, 0 failed" in out
     [parent] = project.runs("tune")
     study_id = parent.data.tags["mmp.sweep_id"]
     journal = project.root / "multirun" / study_id / "study.journal"
     study = optuna.load_study(study_name=study_id, storage=JournalStorage(JournalFileBackend(str(journal))))
-    assert_one_search(project, study, 6)
+    assert_one_search(project, study, 4)
 
 
 def test_two_workers_on_postgresql_keep_the_password_out(project: Project, postgres_server: Any) -> None:
