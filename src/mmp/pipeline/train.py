@@ -63,6 +63,14 @@ def run_train(
     y = {name: preprocessor.encode_target(frame[preprocessor.target]) for name, frame in splits.items()}
     weights = class_weights(config.recipe.class_weight, y["train"], preprocessor.classes or [], task)
     fit_rows = decisions.fit_rows(config.recipe, task, y["train"], config.seed)  # train less the calibration rows
+    if config.compute.engine != "local" and config.cv.folds < 2:
+        # A cluster fit reads the whole train split, unweighted: no calibration rows held out, no class weights.
+        for key, value in (("recipe.calibration", config.recipe.calibration), ("recipe.class_weight", weights)):
+            if value not in ("none", None):
+                raise ConfigError(
+                    f"{key} is not supported with compute.engine {config.compute.engine}; "
+                    "use compute.engine local (or cv.folds, which fits locally)"
+                )
     tags = {
         f"{tracking.TAG_PREFIX}task": task,
         f"{tracking.TAG_PREFIX}model_class": class_name(spec, task),
