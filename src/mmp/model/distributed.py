@@ -110,6 +110,13 @@ def partitioned(
     prepared: Path, rows: dict[str, int], preprocessor: Preprocessor, workers: int, local: FitData
 ) -> ClusterData:
     """The train and valid splits as row-partitioned Dask arrays: at least one partition a worker."""
+    if len(local.x_train) != rows["train"]:  # the workers read the whole train split
+        raise ConfigError(
+            "This fit holds train rows out (recipe.calibration), which a Dask fit cannot: the workers read the "
+            "whole train split; set recipe.calibration=none, or compute=local"
+        )
+    if getattr(local, "class_weights", None) is not None:
+        raise ConfigError("A Dask fit does not weight classes; set recipe.class_weight=none, or compute=local")
     arrays = {}
     for name in ("train", "valid"):
         parts = max(workers, 1, math.ceil(rows[name] / MAX_PARTITION_ROWS))
