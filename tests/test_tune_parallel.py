@@ -72,3 +72,17 @@ def test_two_workers_on_postgresql_keep_the_password_out(project: Project, postg
     for run in project.runs():
         assert password not in repr(run.data.tags) + repr(run.data.params)
     assert password not in result.stdout + result.stderr
+
+
+def test_an_unreachable_storage_is_one_line_and_no_run(project: Project) -> None:
+    url = "postgresql+psycopg://mmp:not-a-real-pw@127.0.0.1:9/optuna"  # port 9: nothing listens
+    result = project.mmp("tune", *FAST, "--workers", "2", "--storage", url, check=False)
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("mmp: error: Cannot open the study storage postgresql+psycopg://mmp:***@127.0.0.1:9/optuna")
+    assert "not-a-real-pw" not in result.stderr + result.stdout
+    assert project.runs() == []
+    joined = project.mmp("tune", "--join", "tune-x", check=False)
+    assert joined.stderr.strip() == (
+        "mmp: error: --join needs the study's storage: --storage URL (or MMP_TUNE_STORAGE in .env)"
+    )

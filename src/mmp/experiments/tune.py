@@ -175,6 +175,9 @@ def run_tune(
     trials = None if timeout is not None and n_trials is None else space.n_trials  # a budget alone: until it ends
     metric = None if space.metric == "auto" else space.metric
     folder = sweeps.new_folder(root, "tune")
+    shared = workers > 1 or storage is not None
+    storage = storage or (str(folder / JOURNAL_FILE) if shared else None)
+    opened = open_storage(storage) if storage else None  # a wrong URL fails here, before any run exists
     sweep = sweeps.start(config, "tune", folder, redact(command), metric=metric)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with sweeps.parent_guard(sweep):
@@ -184,10 +187,8 @@ def run_tune(
         direction = space.direction
         if direction == "auto":
             direction = "minimize" if sweeps.lower_is_better(metric) else "maximize"
-        shared = workers > 1 or storage is not None
-        storage = storage or (str(folder / JOURNAL_FILE) if shared else None)
         study = optuna.create_study(
-            storage=open_storage(storage) if storage else None,
+            storage=opened,
             direction=direction,
             sampler=_sampler(space, space.seed),
             pruner=_pruner(space),
@@ -275,9 +276,8 @@ def join_tune(
     folder.mkdir(parents=True, exist_ok=True)
     sweep = sweeps.Sweep(study_name, settings.parent_run_id, folder, settings.metric)
     objective = _Objective(root, settings.overrides, settings.space, sweep, settings.direction, threads)
-    before = len(study.trials)
     _optimize(study, objective, n_trials, timeout)
-    return len(study.trials) - before
+    return objective.trials_run
 
 
 def _optimize(study: Any, objective: _Objective, n_trials: int | None, timeout: float | None) -> None:
@@ -419,10 +419,12 @@ class _Objective:
     ):
         self.root, self.overrides, self.space, self.sweep, self.direction = root, overrides, space, sweep, direction
         self.fixed = [*overrides, *_thread_overrides(root, overrides, threads)]
+        self.trials_run = 0  # by this process (other workers add trials to the same study)
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
+        self.trials_run += 1
         values = {dim.key: dim.suggest(trial) for dim in self.space.dimensions}
         trial.set_user_attr(VALUES_ATTR, values)
         trial_overrides = [*self.fixed, *(f"++{key}={_hydra_value(value)}" for key, value in values.items())]
