@@ -154,6 +154,7 @@ def test_the_predecessors_config_trains_and_lists_old_and_new_runs(old_project: 
     client = old_project.client()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND and VIEW_TAG in experiment.tags
+    assert f"http://127.0.0.1:5000{ui_path(experiment.experiment_id)}" in result.stdout  # the link to the runs
     train = client.get_run(run_id)
     assert train.info.experiment_id == experiment.experiment_id
     assert train.data.metrics["test_roc_auc"] >= 0.8
