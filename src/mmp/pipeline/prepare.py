@@ -15,6 +15,7 @@ from mmp import preload, tracking
 from mmp.config import Config, dump_yaml
 from mmp.data.preprocessing import Preprocessor
 from mmp.files import read_json, staged_dir, write_json_atomic
+from mmp.model import distributed
 from mmp.model.predictor import PREPROCESSING_FILE
 from mmp.model.registry import check_model_name, encoding_plan, resolve_params
 from mmp.model.spec import ModelSpec
@@ -50,6 +51,8 @@ def check_inputs(config: Config, spec: ModelSpec | None = None, scratch: Path | 
     the file is parsed once, into a Parquet copy there that the later passes read (column by column).
     """
     spec = spec or check_model_name(config.recipe.model.name)
+    if config.compute.engine == "dask":
+        distributed.check_distributed(spec)  # the train stage's first check, answered before the data is read
     data_cfg = config.data
     path = data_lib.input_file(data_cfg, config.root)
     keys = [c for c in (config.split.time_column, config.split.group_column) if c]
