@@ -190,3 +190,21 @@ def test_drift_sums_the_workers_windows(trained: tuple[Project, str], titanic: p
         assert "mmp_drift_bucket_rows" not in text  # the per-worker transport stays internal
     finally:
         server.stop()
+
+
+def test_tune_timeout_must_be_positive() -> None:
+    """`mmp tune --timeout` (the quality benchmark's budget) refuses a budget that is not positive, before any run."""
+    import subprocess
+
+    from conftest import BIN, REPO, clean_env
+
+    result = subprocess.run(
+        [str(BIN / "mmp"), "tune", "recipe=xgb-baseline", "--timeout", "0"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("--timeout must be a positive number of seconds, got 0.0")
