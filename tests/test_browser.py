@@ -35,10 +35,11 @@ ROUTES = {
     ("/metadata", "get"),
     ("/openapi.json", "get"),
     ("/metrics", "get"),
+    ("/drift", "get"),
     ("/", "get"),
 }
 SCORING = {"/invocations", "/predict", "/explain"}
-GUARDED = {*SCORING, "/metrics"}  # /metrics takes the token too (ServeSettings.metrics_auth)
+GUARDED = {*SCORING, "/metrics", "/drift"}  # /metrics takes the token too (ServeSettings.metrics_auth)
 PASSENGER = {"pclass": "1st", "sex": "female", "age": 29, "sibsp": 0, "parch": 0}
 # Category names that would run script if the page put them into HTML or a <script> unescaped.
 HOSTILE = ['"><img src=x onerror="window.pwned=1">', "</script><script>window.pwned=2</script>", "a&b"]
