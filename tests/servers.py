@@ -292,11 +292,16 @@ def team_mlflow_server(folder: Path, postgres: PostgresServer, s3: S3Server, buc
     database password reaches it as PGPASSWORD and the S3 keys as AWS_* variables, never in a URI."""
     for database in ("mlflow_store", "mlflow_auth"):
         postgres.database(database)
+    # The services' secrets in the server's own .env, as a platform team keeps them (compose reads it the same).
+    secrets = {**s3.env, "PGPASSWORD": postgres.password}
+    (folder / ".env").write_text("".join(f"{name}={value}\n" for name, value in secrets.items()))
+    from dotenv import dotenv_values
+
     return MlflowServer(
         folder,
         free_port(),
         backend_store_uri=postgres.uri("mlflow_store", "postgresql+psycopg", password=""),
         auth_database_uri=postgres.uri("mlflow_auth", "postgresql+psycopg", password=""),
         artifacts_destination=f"s3://{s3.bucket(bucket)}/artifacts",
-        env={**s3.env, "PGPASSWORD": postgres.password},
+        env={name: value or "" for name, value in dotenv_values(folder / ".env").items()},
     )

@@ -28,6 +28,10 @@ from conftest import BIN, REPO, MlflowServer, start_server
 pytestmark = pytest.mark.slow
 
 BUCKET = "mlflow"
+# test_remote_tracking's barrier, also in the `mmp train` process itself, which mirrors its stages in process.
+_STAGE_SCRIPT = 'sys.argv[0].endswith("stages/train.py")'
+assert _STAGE_SCRIPT in BARRIER
+MMP_TRAIN_BARRIER = BARRIER.replace(_STAGE_SCRIPT, 'sys.argv[0].endswith(("stages/train.py", "/mmp"))')
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,7 @@ def test_outage_mid_stage_then_mmp_mirror(team: Team, tmp_path_factory: pytest.T
     server = team.server
     project = team.project
     hooks = tmp_path_factory.mktemp("hooks")
-    (hooks / "sitecustomize.py").write_text(BARRIER)
+    (hooks / "sitecustomize.py").write_text(MMP_TRAIN_BARRIER)
     env = {"PYTHONPATH": str(hooks), "MMP_TEST_BARRIER": str(hooks)}
     train = subprocess.Popen(
         [str(BIN / "mmp"), "train", "-c", "configs/prod.yaml"],
@@ -134,17 +138,19 @@ def test_outage_mid_stage_then_mmp_mirror(team: Team, tmp_path_factory: pytest.T
 
 
 def test_no_password_in_the_store_the_bucket_or_the_logs(team: Team, postgres_server: Any, s3_server: Any) -> None:
-    """Each service's secret was given in an env file only (the user's in the project's .env, PostgreSQL's and
-    S3's in the server's environment). None is in PostgreSQL's tables, the S3 objects, the server's log,
-    the project's files but .env, or anything the commands printed."""
+    """Each service's secret was given in a .env file only: the user's in the project's, PostgreSQL's and S3's
+    in the server's. None is in PostgreSQL's tables, the S3 objects, the server's log, any other file of the
+    server or the project, or anything the commands printed."""
     searched = {f"output {i}": text.encode() for i, text in enumerate(team.transcripts)}
     for database in ("mlflow_store", "mlflow_auth"):
         searched[f"postgres {database}"] = postgres_server.dump(database).encode()
     assert "FINISHED" in searched["postgres mlflow_store"].decode()  # the dump holds the runs
     searched.update({f"s3 {key}": blob for key, blob in s3_server.objects(BUCKET).items()})
     assert sum(name.startswith("s3 ") for name in searched) > 10
-    searched["server log"] = team.server.log_path.read_bytes()
-    files = [path for folder in team.folders for path in folder.rglob("*") if path.is_file() and path.name != ".env"]
+    # The server's folder (its log, its auth config) and the projects: every file but the .env files.
+    folders = [team.server.folder, *team.folders]
+    files = [path for folder in folders for path in folder.rglob("*") if path.is_file() and path.name != ".env"]
+    assert team.server.log_path in files
     searched.update({str(path): path.read_bytes() for path in files})
     secrets = {
         "the MLflow user's password": PASSWORD.encode(),
