@@ -108,6 +108,7 @@ def test_outage_mid_stage_then_mmp_mirror(team: Team, tmp_path_factory: pytest.T
         stderr=subprocess.PIPE,
         text=True,
     )
+    stopped = False
     try:
         deadline = time.monotonic() + 300
         while not (hooks / "reached").exists():
@@ -115,12 +116,14 @@ def test_outage_mid_stage_then_mmp_mirror(team: Team, tmp_path_factory: pytest.T
             assert time.monotonic() < deadline, "the train stage never reached its mirror"
             time.sleep(0.2)
         server.stop(signal.SIGTERM)  # an outage: the team's server is restarted for maintenance
+        stopped = True
         (hooks / "go").touch()
         stdout, stderr = train.communicate(timeout=300)
     finally:
         if train.poll() is None:
             train.kill()
-        server.start()  # again, on the same PostgreSQL store, bucket and port
+        if stopped:  # (a second server on a port still held would leave the first one running)
+            server.start()  # again, on the same PostgreSQL store, bucket and port
     team.transcripts += [stdout, stderr]
     assert train.returncode != 0
     assert "Run `mmp mirror`" in stderr and "The train stage finished and kept its outputs" in stderr, stderr
