@@ -107,8 +107,10 @@ def test_training_logs_runs_and_model_to_the_server(team: Team) -> None:
     import mlflow
 
     runs = {run.data.tags["mmp.stage"]: run for run in team.runs()}
-    assert set(runs) == {"prepare", "train", "explain"}
+    assert set(runs) == {"pipeline", "prepare", "train", "explain"}  # one execution: a parent and its stages
     assert all(run.info.status == "FINISHED" for run in runs.values())
+    parent = runs["pipeline"].info.run_id
+    assert all(runs[stage].data.tags["mlflow.parentRunId"] == parent for stage in ("prepare", "train", "explain"))
     train = runs["train"]
     assert train.info.run_id == team.train_run_id
     assert train.data.metrics["test_roc_auc"] >= 0.80
