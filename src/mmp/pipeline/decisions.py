@@ -17,7 +17,7 @@ import numpy as np
 from mmp.config.schema import RecipeConfig
 from mmp.errors import ConfigError
 from mmp.evaluation.calibration import RELIABILITY_FILES, brier, choose_threshold, ece, write_reliability_plot
-from mmp.model.calibration import fit_calibrator
+from mmp.model.calibration import Calibrator, fit_calibrator
 from mmp.model.trained import TrainedModel
 
 
@@ -72,36 +72,48 @@ def _calibrate(
     held_out: np.ndarray,
     decided: Decided,
 ) -> None:
+    held_y = y["train"][held_out]
+    calibrator = fit_calibrator(recipe.calibration, model.uncalibrated_output(x["train"][held_out]), held_y)
+    valid = model.uncalibrated_output(x["valid"])
+    judged = ("valid", y["valid"], valid, calibrator.apply(valid))
+    _judge(recipe, model, calibrator, judged, x["test"], y["test"], len(held_y), decided)
+
+
+def _judge(
+    recipe: RecipeConfig,
+    model: TrainedModel,
+    calibrator: Calibrator,
+    judged: tuple[str, np.ndarray, np.ndarray, np.ndarray],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    rows: int,
+    decided: Decided,
+) -> None:
+    """Score the calibrator on ``judged`` (name, truth, before, after) and the test split; keep it on
+    ``model`` when it lowers the judged Brier score, or when forced; record the scores and the decision."""
     bins = recipe.calibration_bins
-    calibrator = fit_calibrator(
-        recipe.calibration, model.uncalibrated_output(x["train"][held_out]), y["train"][held_out]
-    )
-    for split in ("valid", "test"):
-        before = model.uncalibrated_output(x[split])
-        after = calibrator.apply(before)
+    test_before = model.uncalibrated_output(x_test)
+    test_after = calibrator.apply(test_before)
+    name = judged[0]
+    for split, truth, before, after in (judged, ("test", y_test, test_before, test_after)):
         decided.metrics.update(
             {
-                f"{split}_brier_uncalibrated": brier(y[split], before),
-                f"{split}_brier_calibrated": brier(y[split], after),
-                f"{split}_ece_uncalibrated": ece(y[split], before, bins),
-                f"{split}_ece_calibrated": ece(y[split], after, bins),
+                f"{split}_brier_uncalibrated": brier(truth, before),
+                f"{split}_brier_calibrated": brier(truth, after),
+                f"{split}_ece_uncalibrated": ece(truth, before, bins),
+                f"{split}_ece_calibrated": ece(truth, after, bins),
             }
         )
-        if split == "test":
-            decided.test_before, decided.test_after = before, after
-    was, now = decided.metrics["valid_brier_uncalibrated"], decided.metrics["valid_brier_calibrated"]
-    if now < was:
-        verdict = "kept"
-    elif recipe.calibration_force:
-        verdict = "forced"
-    else:
-        verdict = "dropped"
+    decided.test_before, decided.test_after = test_before, test_after
+    was, now = decided.metrics[f"{name}_brier_uncalibrated"], decided.metrics[f"{name}_brier_calibrated"]
+    verdict = "kept" if now < was else ("forced" if recipe.calibration_force else "dropped")
     model.calibrator = None if verdict == "dropped" else calibrator
+    where = "out-of-fold" if name == "oof" else name
     decided.params.update(
         {
-            "calibration_decision": f"{verdict}: valid Brier {was:.5f} -> {now:.5f} ({recipe.calibration})",
+            "calibration_decision": f"{verdict}: {where} Brier {was:.5f} -> {now:.5f} ({recipe.calibration})",
             "calibration_kept": verdict != "dropped",
-            "calibration_rows": int(held_out.sum()),
+            "calibration_rows": rows,
             "calibration_ece_bins": bins,
         }
     )
@@ -133,37 +145,14 @@ def decide_from_folds(
     oof, y, fold_of = oof[validated], y[validated], fold_of[validated]
     chosen_on = oof
     if recipe.calibration != "none":
-        bins = recipe.calibration_bins
         crossed = np.empty_like(oof)
         for fold in np.unique(fold_of):
             own = fold_of == fold
             crossed[own] = fit_calibrator(recipe.calibration, oof[~own], y[~own]).apply(oof[own])
         calibrator = fit_calibrator(recipe.calibration, oof, y)
-        test_before = model.uncalibrated_output(x_test)
-        test_after = calibrator.apply(test_before)
-        for name, truth, before, after in (("oof", y, oof, crossed), ("test", y_test, test_before, test_after)):
-            decided.metrics.update(
-                {
-                    f"{name}_brier_uncalibrated": brier(truth, before),
-                    f"{name}_brier_calibrated": brier(truth, after),
-                    f"{name}_ece_uncalibrated": ece(truth, before, bins),
-                    f"{name}_ece_calibrated": ece(truth, after, bins),
-                }
-            )
-        decided.test_before, decided.test_after = test_before, test_after
-        was, now = decided.metrics["oof_brier_uncalibrated"], decided.metrics["oof_brier_calibrated"]
-        verdict = "kept" if now < was else ("forced" if recipe.calibration_force else "dropped")
-        model.calibrator = None if verdict == "dropped" else calibrator
+        _judge(recipe, model, calibrator, ("oof", y, oof, crossed), x_test, y_test, len(y), decided)
         if model.calibrator is not None:
             chosen_on = calibrator.apply(oof)
-        decided.params.update(
-            {
-                "calibration_decision": f"{verdict}: out-of-fold Brier {was:.5f} -> {now:.5f} ({recipe.calibration})",
-                "calibration_kept": verdict != "dropped",
-                "calibration_rows": int(len(y)),
-                "calibration_ece_bins": bins,
-            }
-        )
     if model.task == "binary":
         _set_threshold(recipe, model, y, chosen_on[:, 1], decided)
     return decided
