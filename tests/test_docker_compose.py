@@ -147,7 +147,7 @@ def test_serve_service_command_serves_the_chosen_run(trained: tuple[Project, str
     assert "mmp: error: Name the model with --run-id RUN_ID" in result.stderr
 
 
-def test_team_profile_keeps_secrets_in_env_and_runs_the_tested_server_command() -> None:
+def test_team_profile_keeps_secrets_in_env_and_the_server_command_parses() -> None:
     """Profile team: PostgreSQL (not published), an S3-compatible store, the bucket, and the MLflow server, set
     up as tests/test_team_tracking.py runs it for real (servers.team_mlflow_server): store and users in
     PostgreSQL with the password as PGPASSWORD, artifacts proxied to S3 with the keys as AWS_* variables."""
