@@ -87,9 +87,10 @@ def run_train(
         folded = None
         if config.cv.folds > 1:  # k fits on train+valid, then the refit on all of it
             folded = _cross_validate(config, spec, task, params, splits, x, y, preprocessor, weights)
+        held = not fit_rows.all()  # no copy of the train matrix unless calibration rows are held out
         data = FitData(
-            x["train"][fit_rows],
-            y["train"][fit_rows],
+            x["train"][fit_rows] if held else x["train"],
+            y["train"][fit_rows] if held else y["train"],
             x["valid"],
             y["valid"],
             preprocessor.categorical_indices,
