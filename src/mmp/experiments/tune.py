@@ -38,6 +38,9 @@ STUDY_ATTR = "mmp.settings"  # the study's user attribute with what every worker
 JOB_ATTR = "mmp.job"  # a trial's user attribute: its sweep job record (status, run id, metrics)
 VALUES_ATTR = "mmp.values"  # a trial's user attribute: the suggested values by full config key
 THREAD_PARAMS = ("n_jobs", "thread_count", "nthread", "num_threads")  # the libraries' thread-count params
+# Rounds between a trial's reports to a shared study: each report writes to the storage and each pruning check
+# reads the study back (every round: about 0.1 s a round on a journal file here, more than the round itself).
+SHARED_REPORT_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,8 @@ def run_tune(
         ]
         try:
             if shares[0] != 0:
-                _optimize(study, _Objective(root, overrides, space, sweep, direction, threads), shares[0], timeout)
+                objective = _Objective(root, overrides, space, sweep, direction, threads, shared=shared)
+                _optimize(study, objective, shares[0], timeout)
         finally:
             _wait_for(helpers)
         jobs, values = study_jobs(study)
@@ -275,7 +279,7 @@ def join_tune(
     folder = root / sweeps.SWEEPS_DIR / study_name
     folder.mkdir(parents=True, exist_ok=True)
     sweep = sweeps.Sweep(study_name, settings.parent_run_id, folder, settings.metric)
-    objective = _Objective(root, settings.overrides, settings.space, sweep, settings.direction, threads)
+    objective = _Objective(root, settings.overrides, settings.space, sweep, settings.direction, threads, shared=True)
     _optimize(study, objective, n_trials, timeout)
     return objective.trials_run
 
@@ -416,8 +420,11 @@ class _Objective:
         sweep: sweeps.Sweep,
         direction: str,
         threads: int | None = None,
+        *,
+        shared: bool = False,
     ):
         self.root, self.overrides, self.space, self.sweep, self.direction = root, overrides, space, sweep, direction
+        self.report_every = SHARED_REPORT_EVERY if shared else 1
         self.fixed = [*overrides, *_thread_overrides(root, overrides, threads)]
         self.trials_run = 0  # by this process (other workers add trials to the same study)
 
@@ -430,6 +437,8 @@ class _Objective:
         trial_overrides = [*self.fixed, *(f"++{key}={_hydra_value(value)}" for key, value in values.items())]
 
         def report(step: int, valid_loss: float) -> None:
+            if step % self.report_every:
+                return
             # Intermediate values are the valid loss, oriented like the study (negated when maximizing).
             trial.report(valid_loss if self.direction == "minimize" else -valid_loss, step)
             if trial.should_prune():
