@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ def test_titanic_on_the_cluster_matches_the_local_model(root: Path, cluster: Any
 def test_synthetic_on_the_cluster_matches_the_local_model(root: Path, cluster: Any) -> None:
     spec = importlib.util.spec_from_file_location("make_data", REPO / "bench" / "make_data.py")
     make_data = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = make_data  # type: ignore[union-attr]  (its dataclasses look their module up)
     spec.loader.exec_module(make_data)  # type: ignore[union-attr]
     path = root / "data" / "synthetic.csv"
     make_data.write(make_data.Options(rows=SYNTHETIC_ROWS), path)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from mmp import data as data_lib
@@ -25,6 +26,7 @@ from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult
 log = logging.getLogger(__name__)
 
 
+_SPLIT = "__mmp_split"  # a row's split code, zipped beside the rows while they are written
 _ROW = "__mmp_row"  # the row's position among the cleaned rows: how a split's rows are picked out of the scan
 
 
@@ -33,7 +35,7 @@ class Inputs:
     """The prepare stage's view of the data, before anything is written: cleaned (a lazy query), split."""
 
     checked: data_lib.CheckedScan
-    parts: dict[str, pl.DataFrame]  # per split: the row positions (and split keys) of its rows, in output order
+    parts: dict[str, pl.DataFrame]  # per split: the positions of its rows among the cleaned rows, in output order
     features: list[str]
     path: Path  # the file read (a SQL or remote source: its local snapshot)
 
@@ -67,23 +69,33 @@ def check_inputs(config: Config, spec: ModelSpec | None = None, scratch: Path | 
         data_lib.split(checked.frame.clear().collect(), data_cfg.target, checked.task, config.split, config.seed)
     # The split sees the key columns only: the same assignment as over the whole frame, for the same seed.
     parts = data_lib.split(checked.keys.with_row_index(_ROW), data_cfg.target, checked.task, config.split, config.seed)
+    parts = {name: part.select(_ROW) for name, part in parts.items()}  # the positions are all the writes need
     return Inputs(checked, parts, data_lib.feature_columns(checked.frame, data_cfg), path)
 
 
 def write_splits(inputs: Inputs, folder: Path) -> None:
     """Each split streamed from the data file to ``folder/<split>.parquet`` (``sink_parquet``): the rows are
     never all in memory. A split's rows come out in the order the split gave them (file order, or time order)."""
-    indexed = inputs.checked.frame.with_row_index(_ROW)
-    total = inputs.checked.rows
-    for name, part in inputs.parts.items():
-        rows = part[_ROW]
-        if not rows.is_sorted():  # a temporal split: its rows in time order
-            query = rows.to_frame().lazy().join(indexed, on=_ROW, how="left", maintain_order="left")
-        elif 2 * rows.len() > total:  # the larger side of the membership test is the complement
-            others = pl.concat([p[_ROW] for n, p in inputs.parts.items() if n != name])
-            query = indexed.filter(~pl.col(_ROW).is_in(others.implode()))
-        else:
-            query = indexed.filter(pl.col(_ROW).is_in(rows.implode()))
+    frame, parts = inputs.checked.frame, inputs.parts
+    if all(part[_ROW].is_sorted() for part in parts.values()):
+        # A split code per row (one byte), as a Parquet column zipped beside the rows: no hashing of positions.
+        codes = np.zeros(inputs.checked.rows, dtype=np.int8)
+        for code, part in enumerate(parts.values()):
+            codes[part[_ROW].to_numpy()] = code
+        codes_path = folder / "_split_codes.parquet"
+        pl.DataFrame({_SPLIT: codes}).write_parquet(codes_path)
+        coded = pl.concat([frame, pl.scan_parquet(codes_path)], how="horizontal")
+        try:
+            for code, name in enumerate(parts):
+                with data_lib.parse_errors(inputs.path):
+                    query = coded.filter(pl.col(_SPLIT) == code).drop(_SPLIT)
+                    query.sink_parquet(folder / f"{name}.parquet", engine="streaming")
+        finally:
+            codes_path.unlink()
+        return
+    indexed = frame.with_row_index(_ROW)
+    for name, part in parts.items():  # a temporal split: its rows in time order
+        query = part.select(_ROW).lazy().join(indexed, on=_ROW, how="left", maintain_order="left")
         with data_lib.parse_errors(inputs.path):
             query.drop(_ROW).sink_parquet(folder / f"{name}.parquet", engine="streaming")
 
