@@ -41,7 +41,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 def test_model_loads_where_mmp_is_not_installed(project: Project, recipe: str, tmp_path: Path) -> None:
     import mlflow
 
-    project.mmp("train", f"recipe={recipe}")
+    # XGBoost: with a calibrator and a chosen threshold too, which must load and apply without mmp (issue 17).
+    calibrated = ["recipe.calibration=isotonic", "recipe.calibration_force=true", "recipe.threshold=auto"]
+    project.mmp("train", f"recipe={recipe}", *(calibrated if recipe == "xgb-baseline" else []))
     run = project.runs("train")[0]
     mlflow.set_tracking_uri(project.tracking_uri)
     model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path)))
