@@ -62,6 +62,7 @@ def write_evaluation_plots(
     importances: np.ndarray | None,
     history: dict[str, list[float]],
     history_metric: str,
+    threshold: float | None = None,
 ) -> list[Path]:
     """Write the plots that apply to this model into ``out_dir``; return every file written.
 
@@ -84,7 +85,7 @@ def write_evaluation_plots(
         else:
             if classes is None or proba is None:
                 raise ValueError(f"{task} plots need `classes` and `proba`")
-            _classification_plots(scratch, [str(c) for c in classes], np.asarray(y_true), np.asarray(proba))
+            _classification_plots(scratch, [str(c) for c in classes], np.asarray(y_true), np.asarray(proba), threshold)
         if importances is not None:
             _importance_plot(scratch, list(feature_names), np.asarray(importances))
         if any(len(values) for values in history.values()):
@@ -163,7 +164,9 @@ class _Curve:
     area: float  # ROC AUC, or average precision
 
 
-def _classification_plots(folder: Path, classes: list[str], y_true: np.ndarray, proba: np.ndarray) -> None:
+def _classification_plots(
+    folder: Path, classes: list[str], y_true: np.ndarray, proba: np.ndarray, threshold: float | None = None
+) -> None:
     codes = y_true.astype(int).ravel()
     proba = proba.astype(float)
     k = len(classes)
@@ -171,7 +174,8 @@ def _classification_plots(folder: Path, classes: list[str], y_true: np.ndarray, 
         raise ValueError(f"proba must have shape ({codes.size}, {k}), got {proba.shape}")
     if codes.size and (codes.min() < 0 or codes.max() >= k):
         raise ValueError(f"y_true must hold class codes 0..{k - 1}")
-    predicted = proba.argmax(axis=1)
+    # A binary model's decision threshold (recipe.threshold) decides, as it does for every prediction.
+    predicted = (proba[:, 1] > threshold).astype(int) if threshold is not None and k == 2 else proba.argmax(axis=1)
     _confusion(folder, classes, codes, predicted)
 
     binary = k == 2

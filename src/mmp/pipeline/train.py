@@ -177,6 +177,7 @@ def _write_evaluation_plots(
         importances=importances,
         history=fit.history,
         history_metric=_curve_metric(predictor.task),
+        threshold=model.threshold,
     )
 
 
