@@ -171,9 +171,10 @@ def effective_overrides(config: Config) -> list[str]:
 def _composed_defaults(root: Path, choices: tuple[str, ...]) -> dict[str, Any]:
     """conf/'s defaults with these group choices, flattened; composed once per process (each of `mmp train`'s
     three stages and every sweep job asks; Hydra takes 0.3-1 s a time). Read-only for callers."""
-    from mmp.config import compose
+    from mmp.config import compose, from_dict
 
-    return flatten(compose(root, list(choices)))
+    # Validated, so that keys conf/ leaves to the schema's defaults compare equal to the run's config.
+    return flatten(from_dict(compose(root, list(choices)), root=root).as_dict())
 
 
 def _default_choices(root: Path) -> dict[str, str]:
