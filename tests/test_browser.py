@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from test_http_app import ROUTES
 
 from conftest import Server, make_project, start_server
 from mmp.data.preprocessing import ColumnState
@@ -24,20 +25,6 @@ from mmp.inference.http.protocol import MLFLOW_FORMATS
 from mmp.inference.source import LocalModel, ModelCard
 
 TOKEN = "s3cret-token"
-ROUTES = {
-    ("/invocations", "post"),
-    ("/predict", "post"),
-    ("/explain", "post"),
-    ("/health", "get"),
-    ("/ping", "get"),
-    ("/ready", "get"),
-    ("/version", "get"),
-    ("/metadata", "get"),
-    ("/openapi.json", "get"),
-    ("/metrics", "get"),
-    ("/drift", "get"),
-    ("/", "get"),
-}
 SCORING = {"/invocations", "/predict", "/explain"}
 GUARDED = {*SCORING, "/metrics", "/drift"}  # /metrics takes the token too (ServeSettings.metrics_auth)
 PASSENGER = {"pclass": "1st", "sex": "female", "age": 29, "sibsp": 0, "parch": 0}
