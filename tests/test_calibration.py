@@ -9,22 +9,20 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from titanic_matrices import CLASSES, titanic_matrices
 
 from conftest import REPO
-from mmp.config import PreprocessingConfig, SplitConfig
+from mmp.config import SplitConfig
 from mmp.config.schema import ModelConfig, RecipeConfig, from_dict
-from mmp.data.preprocessing import Preprocessor
 from mmp.data.split import split
 from mmp.errors import ConfigError
 from mmp.evaluation.calibration import brier, choose_threshold, ece, reliability
 from mmp.model.calibration import Calibrator, fit_calibrator
 from mmp.model.predictor import Predictor
-from mmp.model.registry import check_model_name, encoding_plan, resolve_params
+from mmp.model.registry import check_model_name, resolve_params
 from mmp.model.spec import FitData
 from mmp.model.trained import TrainedModel, fit
 from mmp.pipeline import decisions
-
-CLASSES = ["died", "survived"]
 
 
 def test_isotonic_matches_scikit_learn_and_round_trips() -> None:
@@ -103,18 +101,7 @@ def _titanic_model(recipe: RecipeConfig, seed: int = 42) -> tuple[Predictor, dic
     frame = pl.read_csv(REPO / "data" / "titanic.csv")
     parts = split(frame, "survived", "binary", SplitConfig(), seed=seed)
     spec = check_model_name(recipe.model.name)
-    pre = Preprocessor.fit(
-        parts["train"],
-        target="survived",
-        task="binary",
-        classes=CLASSES,
-        id_columns=[],
-        features=[c for c in frame.columns if c != "survived"],
-        categorical_columns=[],
-        plan=encoding_plan(spec, PreprocessingConfig()),
-    )
-    x = {name: pre.transform(part) for name, part in parts.items()}
-    y = {name: pre.encode_target(part["survived"]) for name, part in parts.items()}
+    pre, x, y = titanic_matrices(parts, spec)
     rows = decisions.fit_rows(recipe, "binary", y["train"], seed)
     params = resolve_params(spec, "binary", recipe.model.params, seed)
     data = FitData(x["train"][rows], y["train"][rows], x["valid"], y["valid"], pre.categorical_indices, 30)

@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from titanic_matrices import CLASSES, titanic_matrices
 
 from conftest import REPO
-from mmp.config import PreprocessingConfig, SplitConfig
+from mmp.config import SplitConfig
 from mmp.config.schema import from_dict
-from mmp.data.preprocessing import Preprocessor
 from mmp.data.split import split
 from mmp.errors import ConfigError
-from mmp.model.registry import check_model_name, encoding_plan, resolve_params
+from mmp.model.registry import check_model_name, resolve_params
 from mmp.model.spec import FitData
 from mmp.model.trained import TrainedModel, fit
 from mmp.model.weighting import class_weights
-
-CLASSES = ["died", "survived"]
 
 
 def _imbalanced_titanic() -> dict[str, pl.DataFrame]:
@@ -29,19 +27,7 @@ def _imbalanced_titanic() -> dict[str, pl.DataFrame]:
 
 def _minority_recall(model_name: str, setting: object, parts: dict[str, pl.DataFrame]) -> float:
     spec = check_model_name(model_name)
-    features = [c for c in parts["train"].columns if c != "survived"]
-    pre = Preprocessor.fit(
-        parts["train"],
-        target="survived",
-        task="binary",
-        classes=CLASSES,
-        id_columns=[],
-        features=features,
-        categorical_columns=[],
-        plan=encoding_plan(spec, PreprocessingConfig()),
-    )
-    x = {name: pre.transform(part) for name, part in parts.items()}
-    y = {name: pre.encode_target(part["survived"]) for name, part in parts.items()}
+    pre, x, y = titanic_matrices(parts, spec)
     params = resolve_params(spec, "binary", {"n_estimators": 100} if spec.name != "linear" else {}, 0)
     weights = class_weights(setting, y["train"], CLASSES, "binary")
     data = FitData(x["train"], y["train"], x["valid"], y["valid"], pre.categorical_indices, None, weights)
