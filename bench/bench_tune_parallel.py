@@ -40,7 +40,7 @@ def search(project: Path, env: dict[str, str], data: str, workers: int) -> tuple
     command = [mmp, "tune", f"data={data}", "recipe=lgbm-tuned", "--n-trials", str(TRIALS), "--seed", "0"]
     command += ["--threads", "1"] + (["--workers", str(workers)] if workers > 1 else [])
     shutil.rmtree(project / "multirun", ignore_errors=True)  # each search prepares its data once
-    seconds = run_logged(command, project, env, f"tune --workers {workers}").seconds
+    measured = run_logged(command, project, env, f"tune --workers {workers}")
     [folder] = sorted((project / "multirun").glob("tune-*"), key=lambda path: path.stat().st_mtime)[-1:]
     with (folder / "sweep_summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -48,7 +48,15 @@ def search(project: Path, env: dict[str, str], data: str, workers: int) -> tuple
     scores = [float(row[metric]) for row in rows if row["status"] == "FINISHED" and row[metric]]
     lower = lower_is_better(metric)
     best = min(scores) if lower else max(scores)
-    return seconds, {"metric": metric, "best": best, "scores": scores, "trials": len(rows), "lower": lower}
+    cpu = {"cpu_s": measured.cpu_seconds, "background_cpu_s": measured.background_cpu_seconds}
+    return measured.seconds, {
+        **cpu,
+        "metric": metric,
+        "best": best,
+        "scores": scores,
+        "trials": len(rows),
+        "lower": lower,
+    }
 
 
 def run(reps: int = 1, data: str = "diamonds", keep: bool = False) -> dict[str, Any]:
@@ -81,18 +89,24 @@ def run(reps: int = 1, data: str = "diamonds", keep: bool = False) -> dict[str, 
         "best": {"parallel": parallel["best"], "sequential": sequential["best"]},
         "trials_run": {"parallel": parallel["trials"], "sequential": sequential["trials"]},
         "noise": noise,
+        # CPU-s of each search's process tree, and what other processes used meanwhile (the machine is shared)
+        "cpu_s": {name: [r["cpu_s"] for r in found[name]] for name in found},
+        "background_cpu_s": {name: [r["background_cpu_s"] for r in found[name]] for name in found},
         "best_gap": abs(parallel["best"] - sequential["best"]),
     }
 
 
 def table(result: dict[str, Any]) -> list[list[str]]:
     medians, best, metric = result["median_s"], result["best"], result["metric"]
+    cpu, others = result["cpu_s"], result["background_cpu_s"]
     return [
         [
             f"mmp tune, {result['workers']} workers x {result['trials'] // result['workers']} trials, 1 thread "
             f"({result['data']})",
             f"{medians['parallel']:.1f} s",
-            f"{medians['sequential']:.1f} s ({result['trials']} trials in a row, 1 thread)",
+            f"{medians['sequential']:.1f} s ({result['trials']} trials in a row, 1 thread); CPU-s "
+            f"{cpu['parallel'][0]:.0f} vs {cpu['sequential'][0]:.0f}, others' CPU-s meanwhile "
+            f"{others['parallel'][0]:.0f} vs {others['sequential'][0]:.0f}",
             f"{result['ratio']:.2f}x",
             f"<= {TARGET_RATIO}x",
             "PASS" if result["ratio"] <= TARGET_RATIO else "FAIL",
