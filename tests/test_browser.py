@@ -6,7 +6,6 @@ chromium-driver (`make browser` installs them).
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from headless_chromium import headless_chromium
 from test_http_app import ROUTES
 
 from conftest import Server, make_project, start_server
@@ -208,38 +208,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Headless Chromium through the Debian chromedriver (never Selenium Manager: the machine is offline)."""
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip("chromium and chromium-driver are not installed; run `make browser`")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    root = tmp_path_factory.mktemp("chromium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--no-proxy-server",
-        "--window-size=1200,900",
-        f"--user-data-dir={root / 'profile'}",
-    ):
-        options.add_argument(argument)
-    options.ignore_local_proxy_environment_variables()
-    service = Service(executable_path=chromedriver, log_output=str(root / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium"), "1200,900", page_load_timeout=30) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def fill_form(driver: Any, values: dict[str, Any], token: str | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from headless_chromium import headless_chromium
 
 from conftest import BIN, Project, free_port, make_project, start_server, wait_for_http
 from mmp.config.compose import tracking_settings
@@ -213,26 +213,8 @@ def test_promote_the_best_run_then_serve_and_batch_by_alias(old_project: Project
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip("chromium and chromium-driver are not installed; run `make browser`")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    root = tmp_path_factory.mktemp("chromium-ui")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1400,900")
-    options.add_argument(f"--user-data-dir={root / 'profile'}")
-    options.ignore_local_proxy_environment_variables()
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    driver.set_page_load_timeout(60)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-ui"), "1400,900", page_load_timeout=60) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.mark.slow
