@@ -92,15 +92,19 @@ def remote_project(root: Path, server: MlflowServer) -> Project:
     return project
 
 
-@pytest.fixture(scope="module")
-def team(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer) -> Team:
-    mlflow_server.create_user(USER, PASSWORD)
-    root = tmp_path_factory.mktemp("team") / "project"
-    team = Team(remote_project(root, mlflow_server), mlflow_server, folders=[root])
+def trained_team(root: Path, server: MlflowServer) -> Team:
+    """A project in ``root`` for ``server`` (the team user must exist there), trained once with `mmp train`."""
+    team = Team(remote_project(root, server), server, folders=[root])
     result = team.mmp("train", "-c", "configs/prod.yaml")
     assert result.returncode == 0, result.stderr
     team.train_run_id = result.stdout.split("MLflow run id: ")[1].split()[0]
     return team
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer) -> Team:
+    mlflow_server.create_user(USER, PASSWORD)
+    return trained_team(tmp_path_factory.mktemp("team") / "project", mlflow_server)
 
 
 def test_training_logs_runs_and_model_to_the_server(team: Team) -> None:
@@ -292,6 +296,40 @@ if (sys.argv and sys.argv[0].endswith("stages/train.py")) or "mmp.pipeline.recor
 """
 
 
+def outage_at_the_mirror(
+    command: list[str], project: Project, hooks: Path, server: MlflowServer, sig: signal.Signals, **env: str
+) -> tuple[int, str, str]:
+    """Run ``command`` in ``project`` with ``hooks`` (a folder holding a barrier's sitecustomize.py) on its
+    PYTHONPATH; stop ``server`` with ``sig`` when a stage reaches its mirror, then let the stage go on. The
+    server is started again (same store and port) before this returns the command's exit code and output."""
+    env = {**env, "PYTHONPATH": str(hooks), "MMP_TEST_BARRIER": str(hooks)}
+    process = subprocess.Popen(
+        command,
+        cwd=project.root,
+        env={**project.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stopped = False
+    try:
+        deadline = time.monotonic() + 300
+        while not (hooks / "reached").exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the train stage never reached its mirror"
+            time.sleep(0.2)
+        server.stop(sig)
+        stopped = True
+        (hooks / "go").touch()
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if stopped:  # (a second server on a port still held would leave the first one running)
+            server.start()
+    return process.returncode, stdout, stderr
+
+
 def test_server_dying_during_a_stage_loses_nothing(team: Team, tmp_path_factory: pytest.TempPathFactory) -> None:
     """`dvc repro` against the server, which is killed (SIGKILL) while the train stage is being mirrored.
 
@@ -307,32 +345,14 @@ def test_server_dying_during_a_stage_loses_nothing(team: Team, tmp_path_factory:
     hooks = project.root.parent / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(BARRIER)
-    env = {"MMP_CONFIG": "configs/prod.yaml", "PYTHONPATH": str(hooks), "MMP_TEST_BARRIER": str(hooks)}
-    repro = subprocess.Popen(
-        [str(BIN / "dvc"), "repro"],
-        cwd=project.root,
-        env={**project.env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    command = [str(BIN / "dvc"), "repro"]
+    returncode, stdout, stderr = outage_at_the_mirror(
+        command, project, hooks, server, signal.SIGKILL, MMP_CONFIG="configs/prod.yaml"
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not (hooks / "reached").exists():
-            assert repro.poll() is None, repro.communicate()
-            assert time.monotonic() < deadline, "the train stage never reached its mirror"
-            time.sleep(0.2)
-        server.stop(signal.SIGKILL)
-        (hooks / "go").touch()
-        stdout, stderr = repro.communicate(timeout=300)
-    finally:
-        if repro.poll() is None:
-            repro.kill()
-        server.start()  # again, on the same store and port
     team.transcripts += [stdout, stderr]
 
     # Train kept its outputs, said what to do, and DVC recorded it; explain failed on the dead server.
-    assert repro.returncode != 0
+    assert returncode != 0
     warnings = [line for line in stderr.splitlines() if "Run `mmp mirror`" in line]
     assert len(warnings) == 1 and "The train stage finished and kept its outputs" in warnings[0], stderr
     assert f"MLflow server {server.url} is unreachable" in stderr

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,17 @@ from typing import Any
 import polars as pl
 import pytest
 from servers import team_mlflow_server
-from test_remote_tracking import BARRIER, EXPERIMENT, PASSWORD, ROW, USER, Team, logged_in, remote_project
+from test_remote_tracking import (
+    BARRIER,
+    EXPERIMENT,
+    PASSWORD,
+    ROW,
+    USER,
+    Team,
+    logged_in,
+    outage_at_the_mirror,
+    trained_team,
+)
 
 from conftest import BIN, REPO, MlflowServer, start_server
 
@@ -47,12 +55,7 @@ def team_server(
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory, team_server: MlflowServer) -> Team:
-    root = tmp_path_factory.mktemp("team") / "project"
-    team = Team(remote_project(root, team_server), team_server, folders=[root])
-    result = team.mmp("train", "-c", "configs/prod.yaml")
-    assert result.returncode == 0, result.stderr
-    team.train_run_id = result.stdout.split("MLflow run id: ")[1].split()[0]
-    return team
+    return trained_team(tmp_path_factory.mktemp("team") / "project", team_server)
 
 
 def test_runs_in_postgres_artifacts_in_s3(team: Team, postgres_server: Any, s3_server: Any) -> None:
@@ -99,33 +102,11 @@ def test_outage_mid_stage_then_mmp_mirror(team: Team, tmp_path_factory: pytest.T
     project = team.project
     hooks = tmp_path_factory.mktemp("hooks")
     (hooks / "sitecustomize.py").write_text(MMP_TRAIN_BARRIER)
-    env = {"PYTHONPATH": str(hooks), "MMP_TEST_BARRIER": str(hooks)}
-    train = subprocess.Popen(
-        [str(BIN / "mmp"), "train", "-c", "configs/prod.yaml"],
-        cwd=project.root,
-        env={**project.env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stopped = False
-    try:
-        deadline = time.monotonic() + 300
-        while not (hooks / "reached").exists():
-            assert train.poll() is None, train.communicate()
-            assert time.monotonic() < deadline, "the train stage never reached its mirror"
-            time.sleep(0.2)
-        server.stop(signal.SIGTERM)  # an outage: the team's server is restarted for maintenance
-        stopped = True
-        (hooks / "go").touch()
-        stdout, stderr = train.communicate(timeout=300)
-    finally:
-        if train.poll() is None:
-            train.kill()
-        if stopped:  # (a second server on a port still held would leave the first one running)
-            server.start()  # again, on the same PostgreSQL store, bucket and port
+    # An outage: the team's server is restarted for maintenance (on the same PostgreSQL store, bucket and port).
+    command = [str(BIN / "mmp"), "train", "-c", "configs/prod.yaml"]
+    returncode, stdout, stderr = outage_at_the_mirror(command, project, hooks, server, signal.SIGTERM)
     team.transcripts += [stdout, stderr]
-    assert train.returncode != 0
+    assert returncode != 0
     assert "Run `mmp mirror`" in stderr and "The train stage finished and kept its outputs" in stderr, stderr
     records = list((project.root / ".mmp" / "pending").glob("train-*.json"))
     assert len(records) == 1
