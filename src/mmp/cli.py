@@ -303,6 +303,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
         seed=args.seed,
         output=Path(args.output) if args.output else None,
         timeout=args.timeout,
+        workers=args.workers,
+        storage=args.storage,
+        threads=args.threads,
     )
     report(result.summary, result.summary_folder)
     if result.recipe_file:
