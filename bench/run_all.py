@@ -43,6 +43,15 @@ import bench_sweep
 import bench_tune_parallel
 from common import RESULTS_DIR, machine, markdown_table, save_result, say
 
+DETAILS = (  # the benchmarks with a details section after the summary table, in print order
+    ("pipeline", "Pipeline details", bench_pipeline),
+    ("loop", "Loop details", bench_loop),
+    ("sweep", "Sweep: where a train run's time goes", bench_sweep),
+    ("quality", "Quality details", bench_quality),
+    ("scale", "Scale: peak RSS and wall time against rows", bench_scale),
+    ("serving", "Serving details", bench_serving),
+)
+
 DEFAULT = ("cli", "dvc", "pipeline", "loop")
 ALL = (*DEFAULT, "omp", "fit_eval", "serving", "sweep", "quality", "tune", "scale")
 
@@ -126,24 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{dirty}, src/mmp sha256 {info['git']['src_sha256']}; {time.perf_counter() - started:.0f} s in all.\n"
     )
     print(markdown_table(table))
-    if "pipeline" in results:
-        print("\nPipeline details:\n")
-        print("\n".join(bench_pipeline.details(results["pipeline"])))
-    if "loop" in results:
-        print("\nLoop details:\n")
-        print(bench_loop.details(results["loop"]))
-    if "sweep" in results:
-        print("\nSweep: where a train run's time goes:\n")
-        print(bench_sweep.details(results["sweep"]))
-    if "quality" in results:
-        print("\nQuality details:\n")
-        print(bench_quality.details(results["quality"]))
-    if "scale" in results:
-        print("\nScale: peak RSS and wall time against rows:\n")
-        print(bench_scale.details(results["scale"]))
-    if "serving" in results:
-        print("\nServing details:\n")
-        print(bench_serving.details(results["serving"]))
+    for name, title, module in DETAILS:
+        if name in results:
+            details = module.details(results[name])
+            print(f"\n{title}:\n")
+            print(details if isinstance(details, str) else "\n".join(details))
     say(f"results in {RESULTS_DIR}")
     return 0 if all(row[-1] in ("PASS", "INFO") for row in table) else 1
 
