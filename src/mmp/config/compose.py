@@ -348,6 +348,9 @@ def load_config(
 # --------------------------------------------------------------------------- the tracking store
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; mmp notes here what it set, so that its own choice
+# (inherited by the next config loaded in this process, or by a child process) is not taken for the user's.
+OWN_TRACKING_URI_ENV = "MMP_OWN_TRACKING_URI"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MMP 1.x's local default: an MLflow file store in ./mlruns, which MLflow 3 refuses (maintenance mode).
 LEGACY_FILE_STORES = {f"{scheme}{path}" for scheme in ("", "file:") for path in ("mlruns", "./mlruns")}
@@ -363,7 +366,10 @@ def tracking_settings(mlflow: dict[str, Any], root: Path) -> dict[str, Any]:
     Each substitution prints one notice line.
     """
     configured = str(mlflow.get("tracking_uri") or DEFAULT_TRACKING_URI)
-    from_env = os.environ.get(TRACKING_URI_ENV) or _dotenv_value(root, TRACKING_URI_ENV)
+    from_env = os.environ.get(TRACKING_URI_ENV)
+    if from_env and from_env == os.environ.get(OWN_TRACKING_URI_ENV):
+        from_env = None
+    from_env = from_env or _dotenv_value(root, TRACKING_URI_ENV)
     if from_env and from_env != configured:
         _notice(
             f"{TRACKING_URI_ENV} is set: runs go to {redact(from_env)}, not mlflow.tracking_uri ({redact(configured)})"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mmp.config import Config, tracking_root
+from mmp.config.compose import OWN_TRACKING_URI_ENV
 from mmp.errors import ConfigError, TrackingError
 from mmp.files import file_lock, safe_name
 from mmp.redaction import redact
@@ -94,6 +95,14 @@ def load_dotenv(root: Path) -> None:
         _load(env_file, override=False)
 
 
+def use_tracking_uri(uri: str) -> None:
+    """``mlflow.set_tracking_uri``, which also exports ``MLFLOW_TRACKING_URI``: mark that export as mmp's own."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    os.environ[OWN_TRACKING_URI_ENV] = os.environ.get("MLFLOW_TRACKING_URI", uri)
+
+
 def setup(config: Config) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id."""
     store_root = tracking_root(config.root)
@@ -110,7 +119,7 @@ def setup(config: Config) -> str:
     if config.mlflow.artifact_location and not uri.startswith(("http://", "https://", "databricks")):
         experiment_folder(config, store_root)  # a name that escapes the store fails before it is created
     check_file_store(uri, store_root)
-    mlflow.set_tracking_uri(uri)
+    use_tracking_uri(uri)
     try:
         with _store_lock(uri):
             experiment_id = _experiment_id(config, uri, store_root)

@@ -138,7 +138,9 @@ def _connectivity(uri: str) -> str:
 def _login(uri: str) -> str:
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    from mmp.tracking.store import use_tracking_uri
+
+    use_tracking_uri(uri)
     try:
         mlflow.search_experiments(max_results=1)
     except Exception as exc:

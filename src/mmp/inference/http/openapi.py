@@ -416,7 +416,7 @@ def _metadata_schema() -> Schema:
             "target": {"type": "string"},
             "classes": {"type": "array", "items": {"type": "string"}, "nullable": True},
             "decision_threshold": {"type": "number", "nullable": True},
-            "calibration": {"type": "string", "enum": ["isotonic", "sigmoid"], "nullable": True},
+            "calibration": {"type": "string", "enum": ["isotonic", "sigmoid", None], "nullable": True},
             "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
             "top_features": {
                 "type": "array",
