@@ -65,9 +65,6 @@ def log_model(predictor: Predictor, sample: pl.DataFrame, preprocessing_file: Pa
     from mlflow.models import infer_signature
 
     rows = sample.select(predictor.preprocessor.input_columns).head(5)
-    # Numbers are doubles in the signature: an integer column inferred from 5 rows would make MLflow refuse
-    # a missing value (NaN) or 1.0 there, which mmp's server and batch inference take (one null policy).
-    rows = rows.with_columns(pl.col(name).cast(pl.Float64) for name, dtype in rows.schema.items() if dtype.is_numeric())
     example = rows.to_pandas()
     signature = infer_signature(example, np.asarray(predictor.predict(rows)), params={"predict_method": "predict"})
     info = mlflow.pyfunc.log_model(
