@@ -125,6 +125,32 @@ def make_project(dest: Path) -> Project:
     return project
 
 
+# mlflow.set_tracking_uri (called by tests, and by mmp in-process) exports MLFLOW_TRACKING_URI, which mmp
+# honours as the user's choice: one test's store must not become the next one's, in this process or in the
+# commands it starts.
+_TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MMP_OWN_TRACKING_URI")
+
+
+def _restored_tracking_env() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in _TRACKING_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_tracking_env() -> Iterator[None]:
+    yield from _restored_tracking_env()
+
+
+@pytest.fixture(autouse=True)
+def _test_tracking_env() -> Iterator[None]:
+    yield from _restored_tracking_env()
+
+
 @pytest.fixture()
 def project(tmp_path: Path) -> Iterator[Project]:
     yield make_project(tmp_path / "project")
