@@ -128,4 +128,4 @@ def test_best_is_the_primary_metric_on_valid_within_data_and_recipe(runs: Any, s
 
 def test_no_runs_names_the_filters(runs: Any, tmp_path: Path) -> None:
     code, out, _ = runs("--data", "diamonds")
-    assert code == 0 and "No runs yet in experiment 'mmp' (stage train, data diamonds)" in out
+    assert code == 0 and "No runs in experiment 'mmp' match stage train, data diamonds;" in out

@@ -261,11 +261,12 @@ def cmd_runs(args: argparse.Namespace) -> None:
         print("\n".join(run.info.run_id for run in listing.runs))
         return
     if not listing.runs:
-        where = describe(query)
-        print(
-            f"No runs yet in experiment '{config.mlflow.experiment_name}'{f' ({where})' if where else ''}; "
-            "run `dvc repro` or `mmp train` first"
-        )
+        where, experiment = describe(query), config.mlflow.experiment_name
+        if where and where != f"stage {query.stage}":  # a filter matched nothing: say which, not "train first"
+            every = "mmp runs --stage all --data all --all"
+            print(f"No runs in experiment '{experiment}' match {where}; `{every}` lists them all")
+        else:
+            print(f"No runs yet in experiment '{experiment}'; run `dvc repro` or `mmp train` first")
         return
     metrics = args.metrics.split(",") if args.metrics else default_metrics(listing.runs, listing.sort)
     print(format_table(listing.runs, metrics, best_job_recipes(listing.runs)))
