@@ -128,17 +128,19 @@ def make_project(dest: Path) -> Project:
 # mlflow.set_tracking_uri (called by tests, and by mmp in-process) exports MLFLOW_TRACKING_URI, which mmp
 # honours as the user's choice: one test's store must not become the next one's, in this process or in the
 # commands it starts.
-_TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MMP_OWN_TRACKING_URI")
+# Likewise mmp's own settings that a command run in-process sets for itself (`mmp train` sets MMP_RECORDER=0).
+
+
+def _ours(key: str) -> bool:
+    return key == "MLFLOW_TRACKING_URI" or key.startswith("MMP_")
 
 
 def _restored_tracking_env() -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in _TRACKING_ENV}
+    saved = {key: value for key, value in os.environ.items() if _ours(key)}
     yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    for key in [key for key in os.environ if _ours(key) and key not in saved]:
+        del os.environ[key]
+    os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True, scope="module")
