@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -179,14 +180,23 @@ def test_drift_sums_the_workers_windows(trained: tuple[Project, str], titanic: p
     server = start_server(project, ["--run-id", run_id, "--workers", "2"])
     try:
         rows = _titanic_rows(titanic, 3.0)
-        for start in range(0, 400, 20):  # new connections: both workers take some
-            status, _, _ = server.request("/predict", rows[start : start + 20])
-            assert status == 200
-        status, _, body = server.request("/drift")
-        assert status == 200 and body["rows"] == 400 and body["window"]["workers"] == 2, body
+        # Which worker accepts a connection is the kernel's choice, and one idle worker may take them all.
+        # Concurrent rounds of new connections until both workers hold rows (each window keeps 1,000).
+        sent, body = 0, {}
+        with ThreadPoolExecutor(4) as pool:
+            while sent < 800:
+                chunks = [rows[start : start + 20] for start in range(sent, sent + 80, 20)]
+                answers = pool.map(lambda chunk: server.request("/predict", chunk), chunks)
+                assert [status for status, _, _ in answers] == [200] * 4
+                sent += 80
+                status, _, body = server.request("/drift")
+                assert status == 200 and body["rows"] == sent, body
+                if body["window"]["workers"] == 2:
+                    break
+        assert body["window"]["workers"] == 2, body
         assert "age" in body["drifted"]
         status, _, text = server.request("/metrics")
-        assert 'mmp_drift_psi{column="age"}' in text and "mmp_drift_window_rows 400.0" in text
+        assert 'mmp_drift_psi{column="age"}' in text and f"mmp_drift_window_rows {float(sent)}" in text
         assert "mmp_drift_bucket_rows" not in text  # the per-worker transport stays internal
     finally:
         server.stop()
