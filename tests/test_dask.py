@@ -109,7 +109,7 @@ def test_synthetic_on_the_cluster_matches_the_local_model(root: Path, cluster: A
     assert on_cluster["roc_auc"] >= 0.75
     assert abs(on_cluster["roc_auc"] - local["roc_auc"]) <= AUC_TOLERANCE, (local, on_cluster)
     model = _check_run(root, run_id)
-    # Whole rows: the logged signature (inferred from 5 rows without a missing integer) takes int64 there.
+    # Whole rows with int64 columns: the signature declares integer columns `any` (a null may come as a float).
     rows = pd.read_csv(path, nrows=200).drop(columns=["target"]).dropna().head(20)
     rows = rows.astype({"age": "int64"})
     assert set(model.predict(rows)) <= {"0", "1"}

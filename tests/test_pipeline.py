@@ -96,6 +96,12 @@ def test_logged_model_predicts_raw_rows(repro_project: Project) -> None:
     proba = model.predict(rows, params={"predict_method": "predict_proba"})
     assert list(proba.columns) == ["died", "survived"]
     assert proba.to_numpy().sum(axis=1) == pytest.approx([1.0, 1.0, 1.0])
+    # One null policy: a missing integer (pandas makes the column float) is scored, as the server scores it.
+    nulls = rows.assign(sibsp=[0.0, None, 0.0])
+    assert list(model.predict(nulls)[:1]) == ["survived"]
+    assert model.predict(nulls, params={"predict_method": "predict_proba"}).to_numpy().sum() == pytest.approx(3.0)
+    with pytest.raises(Exception, match="sibsp"):  # text where a number belongs is named, not guessed
+        model.predict(rows.assign(sibsp=["x", "1", "0"]))
 
 
 def test_second_repro_is_a_noop(repro_project: Project) -> None:

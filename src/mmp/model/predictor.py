@@ -117,6 +117,8 @@ class Predictor:
             if column.name not in frame.columns or column.kind != "numeric":
                 continue
             series = frame[column.name]
+            if series.dtype in (pl.String, pl.Categorical, pl.Enum):
+                series = _parse_numbers(column.name, series.cast(pl.String))
             if not series.dtype.is_numeric():
                 continue
             values = series.cast(pl.Float64)
@@ -155,3 +157,17 @@ class Predictor:
     def predict_proba(self, frame: pl.DataFrame) -> np.ndarray:
         """Class probabilities, one column per class in :attr:`classes` order."""
         return self.predict_frame(frame).output
+
+
+def _parse_numbers(name: str, text: pl.Series) -> pl.Series:
+    """Numbers sent as text ("3", "2.5") for a numeric column; text that is not a number is refused, not read as
+    missing. An empty string counts as missing, as in a CSV file."""
+    text = text.str.strip_chars()
+    numbers = text.cast(pl.Float64, strict=False)
+    bad = text.filter(numbers.is_null() & text.is_not_null() & (text != ""))
+    if len(bad):
+        raise DataError(
+            f"Column '{name}' is numeric, but {len(bad)} value(s) are not numbers (first: {bad[0][:40]!r}); "
+            "send numbers or leave the value empty"
+        )
+    return numbers

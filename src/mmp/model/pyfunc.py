@@ -56,6 +56,21 @@ class MmpModel(mlflow.pyfunc.PythonModel):
         return prediction.labels if prediction.is_regression else np.asarray(prediction.labels, dtype=str)
 
 
+def _nullable_integers(schema: Any) -> Any:
+    """Declare integer columns ``any``: MLflow's ``long`` refuses a missing value (pandas sends it as a float)
+    and its ``double`` refuses int64. The predictor's own checks then apply, the same as the server's and batch
+    inference's: a null where the model takes one is scored (the one null policy, docs/serving.md)."""
+    from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+
+    integers = (DataType.integer, DataType.long)
+    return Schema(
+        [
+            ColSpec(AnyType(), column.name, column.required) if column.type in integers else column
+            for column in schema.inputs
+        ]
+    )
+
+
 def log_model(predictor: Predictor, sample: pl.DataFrame, preprocessing_file: Path, model_dir: Path) -> str:
     """Log the model, self-contained, as an MLflow pyfunc taking raw rows; return its model URI.
 
@@ -67,6 +82,7 @@ def log_model(predictor: Predictor, sample: pl.DataFrame, preprocessing_file: Pa
     rows = sample.select(predictor.preprocessor.input_columns).head(5)
     example = rows.to_pandas()
     signature = infer_signature(example, np.asarray(predictor.predict(rows)), params={"predict_method": "predict"})
+    signature.inputs = _nullable_integers(signature.inputs)
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(CODE_FILE),
