@@ -1,7 +1,10 @@
-"""mmp.xgboost_predict: the C API fast path gives XGBoost's own predictions, bit for bit, or is not used."""
+"""mmp.model.adapters.xgboost_capi: the C API fast path and models loaded through the C library give XGBoost's
+own predictions and SHAP values, bit for bit, or are not used."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +65,73 @@ def test_a_disagreeing_fast_path_is_not_used(monkeypatch: pytest.MonkeyPatch) ->
     predict = dense_predictor(model.get_booster(), (0, 0))
     assert not isinstance(predict, xgboost_predict._CApiPredictor)
     assert np.array_equal(predict(x), model.get_booster().inplace_predict(x))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "target"),
+    [("titanic", "survived"), ("penguins", "species"), ("penguins", "body_mass_g")],  # binary, multiclass, regression
+)
+def test_a_loaded_model_answers_through_the_c_library_as_the_package_does(
+    dataset: str, target: str, tmp_path: Path
+) -> None:
+    """Saved and loaded, an XGBoost model predicts, gives margins and SHAP values bit for bit as the package's
+    estimator does (categoricals, early stopping's best round, binary, multiclass, regression)."""
+    import pickle
+
+    from test_explain import trained
+
+    from mmp.explanation.shap import explain
+    from mmp.model.trained import TrainedModel
+
+    fitted, pre, x = trained("xgboost", dataset, target)
+    fitted.save(tmp_path)
+    loaded = TrainedModel.load(tmp_path)
+    assert isinstance(loaded.estimator, xgboost_predict.NativeBooster)
+    rows = x["test"][:300]
+    assert np.array_equal(loaded.output(rows), fitted.output(rows))
+    assert np.array_equal(loaded.raw_output(rows), fitted.raw_output(rows))
+    ours, theirs = explain(loaded, rows, pre.feature_groups), explain(fitted, rows, pre.feature_groups)
+    assert np.array_equal(ours.values, theirs.values) and np.array_equal(ours.base_values, theirs.base_values)
+    values = ours.values.sum(axis=-1) + ours.base_values
+    np.testing.assert_allclose(values, loaded.raw_output(rows), atol=1e-4 * max(1.0, np.abs(values).max()))
+    loaded.limit_threads(1)  # a server's setting; the answers stay the same
+    assert np.array_equal(loaded.output(rows[:1]), fitted.output(rows[:1]))
+    # Anything else is the package's estimator's, and a pickle holds that estimator.
+    np.testing.assert_allclose(loaded.importances(), fitted.importances())
+    copy = pickle.loads(pickle.dumps(loaded))
+    assert isinstance(copy.estimator, xgboost.XGBModel)
+    assert np.array_equal(copy.output(rows), fitted.output(rows))
+
+
+def test_explaining_a_loaded_model_imports_neither_xgboost_nor_scikit_learn(tmp_path: Path) -> None:
+    from test_explain import trained
+
+    fitted, pre, x = trained("xgboost", "titanic", "survived")
+    fitted.save(tmp_path)
+    np.save(tmp_path / "rows.npy", x["test"][:50])
+    script = f"""
+import sys
+import numpy as np
+from mmp.model.trained import TrainedModel
+model = TrainedModel.load(__import__("pathlib").Path({str(tmp_path)!r}))
+rows = np.load({str(tmp_path / "rows.npy")!r})
+model.output(rows), model.raw_output(rows), model.adapter.contributions(model, rows, None)
+print(*sorted(m for m in ("xgboost", "sklearn", "shap") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
+
+
+def test_another_xgboost_major_version_loads_through_the_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mmp.model.registry import MODELS
+    from mmp.model.trained import TrainedModel
+
+    x, y, _ = encoded("titanic.csv", "survived")
+    fitted = TrainedModel(MODELS["xgboost"], "binary", xgboost.XGBClassifier(n_estimators=5).fit(x, y), [0, 1])
+    fitted.save(tmp_path)
+    monkeypatch.setattr(xgboost_predict, "NATIVE_MAJOR", 99)
+    loaded = TrainedModel.load(tmp_path)
+    assert isinstance(loaded.estimator, xgboost.XGBClassifier)
+    assert np.array_equal(loaded.output(x), fitted.output(x))

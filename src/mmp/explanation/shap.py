@@ -89,11 +89,13 @@ def raw_output(model: TrainedModel, x: np.ndarray) -> np.ndarray:
 
 
 def _in_chunks(compute: Any, x: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    from tqdm.auto import tqdm
-
     parts, base = [], None
-    starts = range(0, len(x), _CHUNK)
-    for start in tqdm(starts, desc="SHAP", unit="chunk", disable=not progress or len(starts) < 2):
+    starts: Any = range(0, len(x), _CHUNK)
+    if progress and len(starts) > 1:  # tqdm.auto is imported only for a bar (50-200 ms)
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="SHAP", unit="chunk")
+    for start in starts:
         values, base = compute(x[start : start + _CHUNK])
         parts.append(values)
     return np.concatenate(parts, axis=0), np.asarray(base)

@@ -1,8 +1,10 @@
 """XGBoost: native categoricals and missing values, early stopping, exact TreeSHAP through ``pred_contribs``,
-and small-batch probabilities through XGBoost's C API (:mod:`.xgboost_capi`)."""
+small-batch probabilities through XGBoost's C API, and saved models loaded and run through that C library
+without importing the package and scikit-learn (:mod:`.xgboost_capi`)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from mmp.model.adapters.base import (
     split_bias,
     weight_param,
 )
+from mmp.model.adapters.xgboost_capi import MARGIN, NativeBooster, open_native
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 from mmp.model.weighting import sample_weights
 
@@ -82,12 +85,18 @@ class XGBoostAdapter(Adapter):
         return FitResult(local, getattr(local, "best_iteration", None), history)
 
     def output(self, model: TrainedModel, x: np.ndarray) -> np.ndarray:
+        native = _native(model.estimator)
+        if native is not None and (model.task == "regression" or native.objective in _PROBABILITY_OBJECTIVES):
+            values = native.predict(x)  # what XGBRegressor.predict and predict_proba take the values from
+            return _probabilities(values) if model.task != "regression" else np.asarray(values, dtype=float)
         if model.task != "regression" and (predict := _fast_probabilities(model)):
-            proba = predict(x)
-            return np.column_stack([1.0 - proba, proba]) if proba.ndim == 1 else proba
+            return _probabilities(predict(x))
         return super().output(model, x)
 
     def set_threads(self, estimator: Any, threads: int) -> None:
+        if (native := _native(estimator)) is not None:
+            native.set_threads(threads)
+            return
         super().set_threads(estimator, threads)
         estimator.get_booster().set_param({"nthread": threads})
 
@@ -97,6 +106,8 @@ class XGBoostAdapter(Adapter):
     def contributions(
         self, model: TrainedModel, x: np.ndarray, background: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
+        if (native := _native(model.estimator)) is not None:
+            return split_bias(native.contributions(x))
         import xgboost
 
         estimator = model.estimator
@@ -108,6 +119,8 @@ class XGBoostAdapter(Adapter):
         return split_bias(contributions)  # (rows, f+1) or (rows, classes, f+1)
 
     def raw_output(self, model: TrainedModel, x: np.ndarray) -> np.ndarray:
+        if (native := _native(model.estimator)) is not None:
+            return native.predict(x, MARGIN)
         return np.asarray(model.estimator.predict(x, output_margin=True))
 
     def save(self, estimator: Any, folder: Path) -> str:
@@ -115,9 +128,23 @@ class XGBoostAdapter(Adapter):
         return "model.ubj"
 
     def load(self, spec: ModelSpec, task: str, path: Path) -> Any:
-        estimator = load_class(class_path(spec, task))()
-        estimator.load_model(path)
-        return estimator
+        """The model through XGBoost's C library (no scikit-learn import); the package's estimator on demand."""
+        return open_native(path, partial(_load_estimator, class_path(spec, task), path))
+
+
+def _load_estimator(path_of_class: str, path: Path) -> Any:
+    estimator = load_class(path_of_class)()
+    estimator.load_model(path)
+    return estimator
+
+
+def _native(estimator: Any) -> NativeBooster | None:
+    return estimator if isinstance(estimator, NativeBooster) else None
+
+
+def _probabilities(values: np.ndarray) -> np.ndarray:
+    """predict_proba's columns: a binary model's positive-class probability becomes two columns."""
+    return np.column_stack([1.0 - values, values]) if values.ndim == 1 else values
 
 
 def _fit_kwargs(
@@ -135,6 +162,8 @@ def _fit_kwargs(
 
 
 def _iterations(estimator: Any) -> tuple[int, int]:
+    if (native := _native(estimator)) is not None:
+        return native.iteration_range
     best = getattr(estimator, "best_iteration", None)
     return (0, best + 1) if best is not None else (0, 0)
 
