@@ -61,6 +61,38 @@ def test_row_buckets_match_the_vectorised_ones(titanic: pl.DataFrame, reference:
     assert drift.value_bucket(reference["features"]["age"], float("nan")) == 10
 
 
+def test_window_counts_the_last_rows_and_publishes_them(titanic: pl.DataFrame, reference: dict) -> None:
+    """Requests of 1 to 40 rows into a 50-row window: its counts and the published gauge values are those of
+    the last 50 rows, recounted from scratch, after every request (small ones are netted in Python)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from mmp.inference.http.metrics import DRIFT_ROWS, DriftWindow
+
+    registry = CollectorRegistry()
+    window = DriftWindow(reference, 50, Gauge(DRIFT_ROWS, "rows", ["column", "bucket"], registry=registry))
+    rows = titanic.drop("survived").to_dicts()
+    scores = np.random.default_rng(1).random(len(rows))
+    seen: list[int] = []
+    start = 0
+    for size in [1, 1, 3, 40, 1, 16, 17, 2, 60, 1, 1, 5] * 3:
+        window.add(rows[start : start + size], scores[start : start + size])
+        seen.extend(range(start, start + size))
+        start += size
+        last = seen[-50:]
+        published = {
+            (s.labels["column"], s.labels["bucket"]): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if family.name == DRIFT_ROWS
+        }
+        for j, (name, spec) in enumerate(zip(window.names, window.specs, strict=True)):
+            values = scores[last] if j == len(window.names) - 1 else [rows[i].get(name) for i in last]
+            expected = np.bincount([drift.value_bucket(spec, v) for v in values], minlength=drift.n_buckets(spec))
+            assert window.counts[j].tolist() == expected.tolist(), (name, size)
+            labels = drift.bucket_labels(spec)
+            assert [published.get((name, label), 0) for label in labels] == expected.tolist(), (name, size)
+
+
 def test_report_flags_a_scaled_column_only(titanic: pl.DataFrame, reference: dict) -> None:
     scores = np.random.default_rng(1).random(titanic.height)
     same = drift.DriftCounts(reference)

@@ -53,6 +53,7 @@ class Metrics:
         self.registry = None if self.directory else CollectorRegistry()
         self.routes = frozenset(routes)
         self._children: dict[tuple[str, str, int | None], tuple[Any, Any]] = {}
+        self._classes: dict[Any, Any] = {}  # predicted label -> its counter child
         self.requests = Counter(
             "mmp_http_requests",
             "HTTP requests answered, by route and status code",
@@ -112,12 +113,18 @@ class Metrics:
     def count(self, labels: Any, regression: bool) -> None:
         """Predicted labels of one request (class names, or values for regression)."""
         if regression:
-            self.predictions.labels("value").inc(len(labels))
+            self._prediction_child("value").inc(len(labels))
         elif len(labels) == 1:
-            self.predictions.labels(str(labels[0])).inc()
+            self._prediction_child(labels[0]).inc()
         else:
             for label, n in Tally(labels).items():
-                self.predictions.labels(str(label)).inc(n)
+                self._prediction_child(label).inc(n)
+
+    def _prediction_child(self, label: Any) -> Any:
+        child = self._classes.get(label)
+        if child is None:  # the model's classes: bounded
+            child = self._classes[label] = self.predictions.labels(str(label))
+        return child
 
     def exposition(self) -> tuple[bytes, str]:
         families = self._families()
@@ -192,19 +199,19 @@ class DriftWindow:
             return
         block = self._buckets(rows, predicted)
         with self._lock:
-            self._shift(block, 1)
             self._blocks.append(block)
             self._rows += len(block)
+            gone = []
             while self._rows > self.size:  # drop the oldest rows beyond the window
                 oldest = self._blocks[0]
                 excess = self._rows - self.size
-                gone = oldest if len(oldest) <= excess else oldest[:excess]
-                if len(gone) == len(oldest):
-                    self._blocks.popleft()
+                if len(oldest) <= excess:
+                    gone.append(self._blocks.popleft())
                 else:
+                    gone.append(oldest[:excess])
                     self._blocks[0] = oldest[excess:]
-                self._shift(gone, -1)
-                self._rows -= len(gone)
+                self._rows -= len(gone[-1])
+            self._apply(block, gone)
 
     def _buckets(self, rows: Sequence[Mapping[str, Any]], predicted: Any) -> np.ndarray:
         features = list(zip(self.names[:-1], self.specs[:-1], strict=True))
@@ -224,15 +231,32 @@ class DriftWindow:
         columns.append(drift.spec_buckets(self.specs[-1], predicted))
         return np.stack(columns, axis=1).astype(np.int64)
 
-    def _shift(self, block: np.ndarray, sign: int) -> None:
-        for j, counts in enumerate(self.counts):
-            delta = np.bincount(block[:, j], minlength=len(counts))
-            counts += sign * delta
-            for bucket in np.flatnonzero(delta):
-                child = self._children.get((j, bucket))
-                if child is None:
-                    child = self._children[(j, bucket)] = self._gauge.labels(self.names[j], self.labels[j][bucket])
-                child.inc(sign * int(delta[bucket]))
+    def _apply(self, added: np.ndarray, removed: list[np.ndarray]) -> None:
+        """Count the rows ``added`` and uncount those ``removed``; publish only the buckets whose count changed.
+
+        A full window drops a row for each row it takes, often in the same buckets: netting the two first
+        spares most of the gauge writes (each one a locked write to the worker's metrics file).
+        """
+        if len(added) + sum(len(block) for block in removed) <= SMALL_REQUEST:  # a few rows: Python counting
+            deltas: list[Tally[int]] = [Tally() for _ in self.counts]
+            for sign, block in ((1, added), *((-1, block) for block in removed)):
+                for row in block.tolist():
+                    for j, bucket in enumerate(row):
+                        deltas[j][bucket] += sign
+            changes = [(j, bucket, n) for j, delta in enumerate(deltas) for bucket, n in delta.items() if n]
+        else:
+            changes = []
+            for j, counts in enumerate(self.counts):
+                delta = np.bincount(added[:, j], minlength=len(counts))
+                for block in removed:
+                    delta -= np.bincount(block[:, j], minlength=len(counts))
+                changes.extend((j, int(bucket), int(delta[bucket])) for bucket in np.flatnonzero(delta))
+        for j, bucket, n in changes:
+            self.counts[j][bucket] += n
+            child = self._children.get((j, bucket))
+            if child is None:
+                child = self._children[(j, bucket)] = self._gauge.labels(self.names[j], self.labels[j][bucket])
+            child.inc(n)
 
     def snapshot(self) -> dict[str, np.ndarray]:
         with self._lock:
