@@ -129,3 +129,19 @@ def test_best_is_the_primary_metric_on_valid_within_data_and_recipe(runs: Any, s
 def test_no_runs_names_the_filters(runs: Any, tmp_path: Path) -> None:
     code, out, _ = runs("--data", "diamonds")
     assert code == 0 and "No runs in experiment 'mmp' match stage train, data diamonds;" in out
+
+
+def test_an_in_process_command_leaves_the_environment_as_it_was(store: dict[str, Any], runs: Any) -> None:
+    """`mmp runs` loads `.env` and points MLflow at the store; called in-process, it exports neither after."""
+    import os
+
+    env_file = store["project"].root / ".env"
+    env_file.write_text("MMP_TEST_ONLY_SECRET=hunter2\n", encoding="utf-8")
+    try:
+        before = dict(os.environ)
+        code, out, _ = runs("--limit", "1")
+        assert code == 0 and out.strip()
+        assert "MMP_TEST_ONLY_SECRET" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
+        assert dict(os.environ) == before
+    finally:
+        env_file.unlink()

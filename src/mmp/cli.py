@@ -574,7 +574,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(args.verbose)
-    return _guarded(lambda: args.func(args), args.verbose)
+    # A command sets variables for its own run (MMP_RECORDER, MLflow's tracking URI, .env's secrets); called
+    # in-process (a notebook, the tests), it leaves the caller's environment as it found it.
+    saved = dict(os.environ)
+    try:
+        return _guarded(lambda: args.func(args), args.verbose)
+    finally:
+        if os.environ != saved:
+            for name in set(os.environ) - set(saved):
+                del os.environ[name]
+            os.environ.update(saved)
 
 
 def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
