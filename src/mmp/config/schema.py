@@ -27,6 +27,7 @@ DATA_SOURCES = ("file", "sql")
 COMPUTE_ENGINES = ("local", "dask")
 SPLIT_STRATEGIES = ("random", "stratified", "temporal", "group")
 CALIBRATIONS = ("none", "isotonic", "sigmoid")
+CALIBRATION_METHODS = ("oof", "holdout")
 THRESHOLD_METRICS = ("f1", "cost")
 THRESHOLD_COSTS = ("false_positive", "false_negative")
 
@@ -99,7 +100,9 @@ class RecipeConfig:
     threshold_costs: dict[str, float] = field(default_factory=lambda: {"false_positive": 1.0, "false_negative": 1.0})
     calibration: str = "none"  # none | isotonic | sigmoid
     calibration_force: bool = False  # keep the calibrator even when the valid Brier score does not improve
-    calibration_size: float = 0.2  # share of the train split held out to fit the calibrator
+    calibration_method: str = "oof"  # oof: fitted on out-of-fold predictions of the train split | holdout
+    calibration_folds: int = 5  # oof: cross-fitting folds (cv.folds, when set, brings its own)
+    calibration_size: float = 0.2  # holdout: share of the train split held out of the fit to calibrate on
     calibration_bins: int = 10  # bins of the expected calibration error and the reliability diagram
 
 
@@ -303,6 +306,9 @@ def _check_values(config: Config) -> None:
     _check_class_weight(recipe.class_weight)
     _check_threshold(recipe)
     _check_choice("recipe.calibration", recipe.calibration, CALIBRATIONS)
+    _check_choice("recipe.calibration_method", recipe.calibration_method, CALIBRATION_METHODS)
+    if not 2 <= recipe.calibration_folds <= 20:
+        raise ConfigError(f"recipe.calibration_folds is {recipe.calibration_folds}; use 2 to 20 folds")
     if not 0.0 < recipe.calibration_size < 1.0:
         raise ConfigError(
             f"recipe.calibration_size is {recipe.calibration_size}; use a fraction of the train split between 0 and 1"

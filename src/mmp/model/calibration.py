@@ -14,12 +14,17 @@ import numpy as np
 
 METHODS = ("isotonic", "sigmoid")
 _EPS = 1e-12
+# Isotonic regression maps score ranges to one value; these ties would lower the ROC AUC. A tiny share of the
+# raw probability breaks them: the curve becomes strictly increasing (the model's ranking, so its AUC, is kept)
+# and stays within [0, 1]; probabilities and ECE move by at most this much.
+TIE_BREAK = 1e-6
 
 
 @dataclass(frozen=True)
 class Calibrator:
     """``curves[c]``: isotonic ``{"x": [...], "y": [...]}`` (clipped interpolation, as scikit-learn's
-    ``IsotonicRegression.predict``) or sigmoid ``{"a": a, "b": b}`` on the log-odds of class ``c``."""
+    ``IsotonicRegression.predict``, ties broken by the raw probability: :data:`TIE_BREAK`) or sigmoid
+    ``{"a": a, "b": b}`` on the log-odds of class ``c``."""
 
     method: str
     curves: list[dict[str, Any]]
@@ -45,7 +50,7 @@ class Calibrator:
 
 def _curve(method: str, curve: dict[str, Any], p: np.ndarray) -> np.ndarray:
     if method == "isotonic":
-        return np.interp(p, curve["x"], curve["y"])
+        return (1.0 - TIE_BREAK) * np.interp(p, curve["x"], curve["y"]) + TIE_BREAK * np.clip(p, 0.0, 1.0)
     return 1.0 / (1.0 + np.exp(-(curve["a"] * _logit(p) + curve["b"])))
 
 

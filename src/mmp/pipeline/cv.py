@@ -5,7 +5,9 @@ The test split is not touched here: the train stage scores it once, with the fin
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -58,22 +60,17 @@ def cross_validate(
     stopping = early_stopping_rounds if adapter.early_stopping else None
     fold_ids = range(1, k + 1) if temporal else range(k)  # temporal: block 0 only ever trains
 
-    def one_fold(fold: int) -> tuple[np.ndarray, FitResult]:
+    def fold_data(fold: int) -> FitData:
         held = fold_of == fold
         train = fold_of < fold if temporal else ~held
-        data = FitData(x[train], y[train], x[held], y[held], categorical_indices, stopping, class_weights)
-        result = fit(spec, task, params, data)
-        return held, result
+        return FitData(x[train], y[train], x[held], y[held], categorical_indices, stopping, class_weights)
 
-    # Folds in parallel when the cores outnumber the threads one fit uses (the recipe's n_jobs, else 1).
-    per_fit = int(params.get("n_jobs") or params.get("thread_count") or 1)
-    workers = max(1, min(len(fold_ids), (os.cpu_count() or 1) // max(per_fit, 1)))
-    with ThreadPoolExecutor(workers) as pool:
-        fitted = list(pool.map(one_fold, fold_ids))
+    fitted = _fit_folds(spec, task, params, fold_ids, fold_data)
     width = (len(x),) if task == "regression" else (len(x), len(classes))
     oof = np.full(width, np.nan)
     metrics, best = [], []
-    for held, result in fitted:
+    for fold, result in zip(fold_ids, fitted, strict=True):
+        held = fold_of == fold
         output = TrainedModel(spec, task, result.estimator, classes).uncalibrated_output(x[held])
         oof[held] = output
         metrics.append(
@@ -89,3 +86,47 @@ def cross_validate(
     final = fit(spec, task, final_params, FitData(x, y, x, y, categorical_indices, None, class_weights))
     validated = fold_of >= 1 if temporal else np.ones(len(x), dtype=bool)
     return CrossValidated(final, oof, validated, fold_of, metrics, best)
+
+
+def out_of_fold(
+    spec: ModelSpec,
+    task: str,
+    params: dict[str, Any],
+    data: FitData,
+    fold_of: np.ndarray,
+    temporal: bool,
+    classes: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-fitted probabilities of ``data``'s train rows (for a calibrator when ``cv.folds`` is off): each
+    fold's rows predicted by the same recipe fitted on the other folds (temporal: on the older blocks),
+    early-stopping on ``data``'s valid rows as the final model does. Returns the probabilities and the rows
+    that have one (temporal: all but the oldest block)."""
+    last = int(fold_of.max())
+    fold_ids = range(1, last + 1) if temporal else range(last + 1)
+
+    def fold_data(fold: int) -> FitData:
+        train = fold_of < fold if temporal else fold_of != fold
+        return dataclasses.replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
+
+    fitted = _fit_folds(spec, task, params, fold_ids, fold_data)
+    oof = np.full((len(fold_of), len(classes)), np.nan)
+    for fold, result in zip(fold_ids, fitted, strict=True):
+        held = fold_of == fold
+        oof[held] = TrainedModel(spec, task, result.estimator, classes).uncalibrated_output(data.x_train[held])
+    validated = fold_of >= 1 if temporal else np.ones(len(fold_of), dtype=bool)
+    return oof, validated
+
+
+def _fit_folds(
+    spec: ModelSpec,
+    task: str,
+    params: dict[str, Any],
+    fold_ids: range,
+    fold_data: Callable[[int], FitData],
+) -> list[FitResult]:
+    """One fit per fold id, in parallel when the cores outnumber the threads one fit uses (the recipe's
+    n_jobs, else 1); the results in ``fold_ids``' order."""
+    per_fit = int(params.get("n_jobs") or params.get("thread_count") or 1)
+    workers = max(1, min(len(fold_ids), (os.cpu_count() or 1) // max(per_fit, 1)))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda fold: fit(spec, task, params, fold_data(fold)), fold_ids))

@@ -1,9 +1,12 @@
 """What the train stage decides after the fit: whether a probability calibrator is kept (``recipe.calibration``)
 and a binary model's decision threshold (``recipe.threshold``).
 
-The calibrator is fitted on rows of the train split held out of the model's fit (:func:`fit_rows`), never on
-rows the model saw, and kept only when it lowers the valid split's Brier score (or ``calibration_force``).
-The threshold is chosen on the valid split's probabilities, calibrated when the calibrator was kept.
+The calibrator is never fitted on predictions of rows the model that made them saw: by default
+(``calibration_method: oof``) on cross-fitted out-of-fold probabilities of the train split (``calibration_folds``
+fits of the same recipe, each on the other folds; then the model is fitted on every train row), as
+scikit-learn's ``CalibratedClassifierCV(ensemble=False)``; with ``holdout``, on a share of the train split held
+out of the model's fit (:func:`fit_rows`). It is kept only when it lowers the valid split's Brier score (or
+``calibration_force``). The threshold is chosen on the valid split's probabilities, calibrated when kept.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from mmp.config.schema import RecipeConfig
 from mmp.errors import ConfigError
 from mmp.evaluation.calibration import RELIABILITY_FILES, brier, choose_threshold, ece, write_reliability_plot
 from mmp.model.calibration import Calibrator, fit_calibrator
+from mmp.model.spec import FitData, ModelSpec
 from mmp.model.trained import TrainedModel
+from mmp.pipeline.cv import out_of_fold
 
 
 @dataclass
@@ -30,14 +35,15 @@ class Decided:
 
 
 def fit_rows(recipe: RecipeConfig, task: str, y_train: np.ndarray, seed: int) -> np.ndarray:
-    """The train rows the model is fitted on (a boolean mask): all, or all but a seeded, per-class share of
-    ``recipe.calibration_size`` held out for the calibrator. Checks the settings against the task first."""
+    """The train rows the model is fitted on (a boolean mask): all, or with ``calibration_method: holdout`` all
+    but a seeded, per-class share of ``recipe.calibration_size`` held out for the calibrator. Checks the
+    settings against the task first."""
     if recipe.calibration != "none" and task == "regression":
         raise ConfigError("recipe.calibration applies to classification; set it to none for a regression task")
     if task != "binary" and recipe.threshold != 0.5:
         raise ConfigError(f"recipe.threshold applies to binary tasks (this one is {task}); set it to 0.5")
     rows = np.ones(len(y_train), dtype=bool)
-    if recipe.calibration == "none":
+    if recipe.calibration == "none" or recipe.calibration_method != "holdout":
         return rows
     rng = np.random.default_rng(seed + 1)  # not the split's own stream
     codes = np.asarray(y_train, dtype=np.int64)
@@ -52,13 +58,54 @@ def fit_rows(recipe: RecipeConfig, task: str, y_train: np.ndarray, seed: int) ->
     return rows
 
 
+@dataclass(frozen=True)
+class CalibrationRows:
+    """What a calibrator is fitted on: uncalibrated probabilities of rows their model never saw, their class
+    codes, and how they were made (logged)."""
+
+    proba: np.ndarray
+    y: np.ndarray
+    method: str  # oof | holdout
+    folds: int = 0  # oof: the cross-fitting folds
+
+    @classmethod
+    def held_out(
+        cls, model: TrainedModel, x_train: np.ndarray, y_train: np.ndarray, rows: np.ndarray
+    ) -> CalibrationRows:
+        """``holdout``: the final model's probabilities of the train rows ``rows``, held out of its fit."""
+        return cls(model.uncalibrated_output(x_train[rows]), y_train[rows], "holdout")
+
+
+def cross_fitted(
+    recipe: RecipeConfig,
+    spec: ModelSpec,
+    task: str,
+    params: dict[str, Any],
+    data: FitData,
+    fold_of: np.ndarray,
+    temporal: bool,
+    classes: list[str],
+) -> CalibrationRows:
+    """``oof``: out-of-fold probabilities of the train split, from ``recipe.calibration_folds`` fits of the
+    recipe on the other folds (:func:`mmp.pipeline.cv.out_of_fold`)."""
+    oof, validated = out_of_fold(spec, task, params, data, fold_of, temporal, classes)
+    return CalibrationRows(oof[validated], data.y_train[validated], "oof", recipe.calibration_folds)
+
+
 def decide(
-    recipe: RecipeConfig, model: TrainedModel, x: dict[str, np.ndarray], y: dict[str, np.ndarray], held_out: np.ndarray
+    recipe: RecipeConfig,
+    model: TrainedModel,
+    x: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    calibration_rows: CalibrationRows | None,
 ) -> Decided:
-    """Set ``model.calibrator`` and ``model.threshold``; return what to log."""
+    """Set ``model.calibrator`` (fitted on ``calibration_rows``, needed when ``recipe.calibration`` is set) and
+    ``model.threshold``; return what to log."""
     decided = Decided()
     if recipe.calibration != "none":
-        _calibrate(recipe, model, x, y, held_out, decided)
+        if calibration_rows is None:
+            raise ValueError("recipe.calibration is set: decide() needs the rows to calibrate on")
+        _calibrate(recipe, model, x, y, calibration_rows, decided)
     if model.task == "binary":
         _set_threshold(recipe, model, y["valid"], model.output(x["valid"])[:, 1], decided)
     return decided
@@ -69,14 +116,13 @@ def _calibrate(
     model: TrainedModel,
     x: dict[str, np.ndarray],
     y: dict[str, np.ndarray],
-    held_out: np.ndarray,
+    rows: CalibrationRows,
     decided: Decided,
 ) -> None:
-    held_y = y["train"][held_out]
-    calibrator = fit_calibrator(recipe.calibration, model.uncalibrated_output(x["train"][held_out]), held_y)
+    calibrator = fit_calibrator(recipe.calibration, rows.proba, rows.y)
     valid = model.uncalibrated_output(x["valid"])
     judged = ("valid", y["valid"], valid, calibrator.apply(valid))
-    _judge(recipe, model, calibrator, judged, x["test"], y["test"], len(held_y), decided)
+    _judge(recipe, model, calibrator, judged, x["test"], y["test"], rows, decided)
 
 
 def _judge(
@@ -86,7 +132,7 @@ def _judge(
     judged: tuple[str, np.ndarray, np.ndarray, np.ndarray],
     x_test: np.ndarray,
     y_test: np.ndarray,
-    rows: int,
+    rows: CalibrationRows,
     decided: Decided,
 ) -> None:
     """Score the calibrator on ``judged`` (name, truth, before, after) and the test split; keep it on
@@ -113,7 +159,9 @@ def _judge(
         {
             "calibration_decision": f"{verdict}: {where} Brier {was:.5f} -> {now:.5f} ({recipe.calibration})",
             "calibration_kept": verdict != "dropped",
-            "calibration_rows": rows,
+            "calibration_rows": len(rows.y),
+            "calibration_method": rows.method,
+            "calibration_folds": rows.folds,
             "calibration_ece_bins": bins,
         }
     )
@@ -150,7 +198,8 @@ def decide_from_folds(
             own = fold_of == fold
             crossed[own] = fit_calibrator(recipe.calibration, oof[~own], y[~own]).apply(oof[own])
         calibrator = fit_calibrator(recipe.calibration, oof, y)
-        _judge(recipe, model, calibrator, ("oof", y, oof, crossed), x_test, y_test, len(y), decided)
+        rows = CalibrationRows(oof, y, "oof", len(np.unique(fold_of)))  # cv.folds' own out-of-fold predictions
+        _judge(recipe, model, calibrator, ("oof", y, oof, crossed), x_test, y_test, rows, decided)
         if model.calibrator is not None:
             chosen_on = calibrator.apply(oof)
     if model.task == "binary":

@@ -104,9 +104,10 @@ def run_train(
         fit_seconds = time.perf_counter() - started
         means = np.nan_to_num(np.nanmean(x["train"], axis=0)).tolist()
         model = TrainedModel(spec, task, result.estimator, preprocessor.classes or [], means)
-        # Calibration (fitted on the held-out train rows, kept if it helps valid) and the decision threshold.
+        # Calibration (fitted on predictions of rows their model never saw, kept if it helps valid), threshold.
         if folded is None:
-            decided = decisions.decide(config.recipe, model, x, y, ~fit_rows)
+            rows = _calibration_rows(config, spec, task, params, splits, preprocessor, data, model, x, y, fit_rows)
+            decided = decisions.decide(config.recipe, model, x, y, rows)
         else:
             y_dev = np.concatenate([y["train"], y["valid"]])
             decided = decisions.decide_from_folds(
@@ -239,6 +240,31 @@ def _fit(
         cluster_data = distributed.partitioned(prepared, rows, preprocessor, cluster.workers, data)
         result = distributed.fit(client, spec, task, params, cluster_data)
     return result, cluster.as_tags(f"{tracking.TAG_PREFIX}cluster.")
+
+
+def _calibration_rows(
+    config: Config,
+    spec: ModelSpec,
+    task: str,
+    params: dict[str, Any],
+    splits: dict[str, pl.DataFrame],
+    preprocessor: Preprocessor,
+    data: FitData,
+    model: TrainedModel,
+    x: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    fit_rows: np.ndarray,
+) -> decisions.CalibrationRows | None:
+    """The rows ``recipe.calibration`` fits on: out-of-fold predictions of the train split (``oof``: folds as
+    ``split.strategy`` says, seeded apart from the split), or the train rows held out of the fit (``holdout``)."""
+    recipe = config.recipe
+    if recipe.calibration == "none":
+        return None
+    if recipe.calibration_method == "holdout":
+        return decisions.CalibrationRows.held_out(model, x["train"], y["train"], ~fit_rows)
+    fold_of = folds(splits["train"], preprocessor.target, task, config.split, recipe.calibration_folds, config.seed + 1)
+    temporal = config.split.strategy == "temporal"
+    return decisions.cross_fitted(recipe, spec, task, params, data, fold_of, temporal, model.classes)
 
 
 def _cross_validate(
