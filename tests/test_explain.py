@@ -9,7 +9,7 @@ import pytest
 
 from mmp.config import DataConfig, PreprocessingConfig, SplitConfig
 from mmp.data import clean_and_check, feature_columns, load, split
-from mmp.data.preprocessing import Preprocessor
+from mmp.data.preprocessing import Preprocessor, fold
 from mmp.explanation.shap import ExplainError, explain, raw_output
 from mmp.model.registry import MODELS, encoding_plan, resolve_params
 from mmp.model.spec import FitData, ModelSpec
@@ -164,3 +164,22 @@ print(len(written), *sorted(m for m in ("shap", "lightgbm", "catboost", "numba")
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout.split() == ["4"]  # summary, two dependence charts, bar; no other library
+
+
+@pytest.mark.parametrize("family", ["random_forest", "extra_trees"])
+@pytest.mark.parametrize(("dataset", "target"), [("titanic", "survived"), ("penguins", "species")])
+def test_forests_get_shap_tree_explainers_values_without_importing_shap(family: str, dataset: str, target: str) -> None:
+    """The forests' TreeSHAP through XGBoost's C library gives shap.TreeExplainer's values (float32 precision)."""
+    import shap
+
+    model, pre, x = trained(family, dataset, target)
+    rows = x["test"][:100]
+    ours = explain(model, rows, pre.feature_groups)
+    assert ours.explainer == "treeshap.xgboost_c" and ours.output_space == "probability"
+    reference = shap.TreeExplainer(model.estimator)
+    values = np.moveaxis(np.asarray(reference.shap_values(rows, check_additivity=False)), 2, 1)
+    base = np.asarray(reference.expected_value, dtype=float)
+    names, folded = fold(values[:, 1] if model.task == "binary" else values, pre.feature_groups)
+    assert names == ours.feature_names
+    np.testing.assert_allclose(ours.values, folded, atol=1e-5)
+    np.testing.assert_allclose(ours.base_values, base[1] if model.task == "binary" else base, atol=1e-5)

@@ -1,7 +1,9 @@
 """scikit-learn: forests, histogram gradient boosting, linear and nearest-neighbour models.
 
-Exact SHAP: ``shap.TreeExplainer`` for the tree models, ``shap.LinearExplainer`` for the linear ones; nearest
-neighbours have none. Fitted models are saved with skops (no pickles).
+Exact SHAP: for forests, TreeSHAP run by XGBoost's C library (:mod:`.forest_shap`, the values of
+``shap.TreeExplainer`` without importing shap); ``shap.TreeExplainer`` for histogram gradient boosting;
+``shap.LinearExplainer``'s formula for the linear ones; nearest neighbours have none. Fitted models are saved
+with skops (no pickles).
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmp.errors import ConfigError, ExplainError
-from mmp.model.adapters.base import Adapter, class_path, display_name, invalid_params, load_class, weight_param
+from mmp.model.adapters import forest_shap
+from mmp.model.adapters.base import (
+    Adapter,
+    class_path,
+    display_name,
+    invalid_params,
+    load_class,
+    split_bias,
+    weight_param,
+)
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 from mmp.model.weighting import sample_weights
 
@@ -21,6 +32,7 @@ if TYPE_CHECKING:
 
 _TREES = {"random_forest", "extra_trees", "hist_gradient_boosting"}
 _PROBABILITY_TREES = {"random_forest", "extra_trees"}  # explained in probability space, not log-odds
+FOREST_EXPLAINER = "treeshap.xgboost_c"  # the forests' TreeSHAP, run by XGBoost's C library (no shap import)
 
 
 class SklearnAdapter(Adapter):
@@ -71,6 +83,8 @@ class SklearnAdapter(Adapter):
                     "shap's TreeExplainer cannot explain HistGradientBoosting's native categorical splits exactly; "
                     "set recipe.preprocessing.categorical_encoding=ordinal"
                 )
+            if model.spec.name in _PROBABILITY_TREES and forest_shap.usable():
+                return FOREST_EXPLAINER
             return "shap.TreeExplainer"
         if model.spec.linear and hasattr(model.estimator, "coef_"):
             return "linear.exact"  # shap.LinearExplainer's formula, computed here
@@ -84,7 +98,10 @@ class SklearnAdapter(Adapter):
     def contributions(
         self, model: TrainedModel, x: np.ndarray, background: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self.explainer(model) == "shap.TreeExplainer":
+        explainer = self.explainer(model)
+        if explainer == FOREST_EXPLAINER:
+            return _forest_contributions(model, x)
+        if explainer == "shap.TreeExplainer":
             import shap
 
             explainer = model.cached("tree", lambda: shap.TreeExplainer(model.estimator))
@@ -109,6 +126,18 @@ class SklearnAdapter(Adapter):
             proba = np.asarray(estimator.predict_proba(x))
             return proba[:, 1] if model.task == "binary" else proba
         return np.asarray(estimator.decision_function(x))
+
+
+def _forest_contributions(model: TrainedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A forest's exact SHAP values (:mod:`.forest_shap`): the positive class's for binary, every class's for
+    multiclass, in probability space, as shap.TreeExplainer gives them."""
+    if model.task == "regression":
+        outputs = [0]
+    elif model.task == "binary":
+        outputs = [len(model.estimator.classes_) - 1]
+    else:
+        outputs = list(range(len(model.estimator.classes_)))
+    return split_bias(forest_shap.contributions(model.estimator, x, outputs))
 
 
 def _linear_contributions(estimator: Any, x: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

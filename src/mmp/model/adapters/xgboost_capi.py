@@ -157,7 +157,7 @@ class NativeBooster:
     ``load_estimator``; a pickle holds that estimator.
     """
 
-    def __init__(self, path: Path, load_estimator: Callable[[], Any]) -> None:
+    def __init__(self, model: Path | bytes, load_estimator: Callable[[], Any] | None = None) -> None:
         lib = library()
         if version(lib)[0] != NATIVE_MAJOR:
             raise RuntimeError(f"XGBoost {version(lib)} is not the major version {NATIVE_MAJOR} checked here")
@@ -165,7 +165,10 @@ class NativeBooster:
         self._estimator: Any = None
         self.handle = ctypes.c_void_p()
         _check(lib, lib.XGBoosterCreate(None, ctypes.c_uint64(0), ctypes.byref(self.handle)))
-        _check(lib, lib.XGBoosterLoadModel(self.handle, str(path).encode()))
+        if isinstance(model, bytes):  # a model file's contents (JSON or UBJSON)
+            _check(lib, lib.XGBoosterLoadModelFromBuffer(self.handle, model, ctypes.c_uint64(len(model))))
+        else:
+            _check(lib, lib.XGBoosterLoadModel(self.handle, str(model).encode()))
         config = json.loads(self._string(lib.XGBoosterSaveJsonConfig))
         self.objective: str = config["learner"]["objective"]["name"]
         best = self._attribute("best_iteration")
@@ -220,10 +223,17 @@ class NativeBooster:
         if self._estimator is not None:
             self._estimator.set_params(n_jobs=threads)
 
+    @classmethod
+    def from_json(cls, model: bytes) -> NativeBooster:
+        """A model built in memory (no package estimator behind it)."""
+        return cls(model)
+
     @property
     def estimator(self) -> Any:
         """The package's estimator for the same file (imports xgboost and scikit-learn)."""
         if self._estimator is None:
+            if self._load_estimator is None:
+                raise AttributeError("a model built in memory has no package estimator")
             self._estimator = self._load_estimator()
             if self._threads > 0:
                 self._estimator.set_params(n_jobs=self._threads)
