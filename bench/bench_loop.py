@@ -33,6 +33,13 @@ Items (``--only``; all by default). Each repetition runs every selected item onc
               the first minus the second. Per repetition, the mean over the jobs after the first (the first
               also pays the sweep's one-off imports, a per-sweep cost reported apart with the parent run,
               summary and process start-up). Target <= 0.5 s per job.
+  million     opt-in (``--only million``; about 1 min a pair on a quiet machine): ``mmp train`` on
+              bench/make_data.py's 1,000,000-row synthetic set, explain included (its default 2,000-row
+              sample), against ``bench_loop.py --plain-explain``: plain_xgboost.py's prepare + train, then
+              XGBoost's ``pred_contribs`` on 2,000 seeded test rows. Wall and peak RSS of the whole process
+              tree (the recorder included), pair by pair. Targets <= 1.25x wall, <= 1.5x peak RSS. Not here: the
+              ``lgbm-tuned`` variant (no plain LightGBM script yet) and the stages-only 1M target
+              (bench_pipeline.py).
 
 Pairing: mmp_train, dvc_repro and dvc_exp each run right next to a plain run of their own (plain first in
 even repetitions, second in odd ones); the recorder's two sides likewise. A ratio is computed pair by pair
@@ -55,7 +62,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import make_data
 from bench_dvc import DVC, GIT_ENV, make_project
+from bench_pipeline import overrides as synthetic_overrides
 from common import (
     BENCH_DIR,
     PYTHON,
@@ -85,6 +94,10 @@ PAIRED: dict[str, tuple[str, list[str], float]] = {
     "dvc_exp": ("`dvc exp run -S recipe=lgbm-tuned` (3 stages)", [DVC, "exp", "run", "-S", "recipe=lgbm-tuned"], 3.5),
 }
 ITEMS = (*PAIRED, "recorder", "explain", "sweep_job")
+OPT_IN = ("million",)  # run only when named in --only
+MILLION_ROWS = 1_000_000
+MILLION_TARGETS = {"wall": 1.25, "rss": 1.5}
+SHAP_ROWS = 2_000  # conf/explain's default sample_size
 TARGET_EXPLAIN_S = 2.0
 SWEEP = ["recipe=xgb-baseline", "recipe.model.params.max_depth=4,5,6"]  # one prepare, shared by the jobs
 TARGET_SWEEP_JOB_S = 0.5
@@ -180,6 +193,69 @@ def run_sweep(project: Path, env: dict[str, str], rep: int) -> dict[str, Any]:
     }
 
 
+def plain_explain(data: Path, out: Path) -> dict[str, Any]:
+    """plain_xgboost.py's prepare + train, then ``pred_contribs`` on a seeded 2,000-row sample of its test split."""
+    import numpy as np
+    import plain_xgboost
+    import polars as pl
+    import xgboost
+
+    encoding: dict[str, Any] = {}
+    encode = plain_xgboost.encoder
+
+    def keep_encoding(train: pl.DataFrame, features: list[str]) -> tuple[list[pl.Expr], list[str]]:
+        encoding["exprs"], encoding["types"] = encode(train, features)
+        return encoding["exprs"], encoding["types"]
+
+    plain_xgboost.encoder = keep_encoding  # the same codes for the sample, without fitting them again
+    result = plain_xgboost.run(data, out, "target", ["id"])
+    test = pl.read_parquet(out / "test.parquet")
+    sample = test.sample(n=min(SHAP_ROWS, test.height), seed=plain_xgboost.SEED, shuffle=True)
+    x = sample.select(encoding["exprs"]).to_numpy().astype(np.float32, copy=False)
+    booster = xgboost.Booster(model_file=out / "model.ubj")
+    matrix = xgboost.DMatrix(x, feature_types=encoding["types"], enable_categorical=True)
+    best = result["best_iteration"]
+    contributions = booster.predict(matrix, pred_contribs=True, iteration_range=(0, best + 1))
+    return {**result, "shap_rows": len(x), "shap_shape": list(contributions.shape)}
+
+
+def measure_tree(cmd: Sequence[str], cwd: Path, env: dict[str, str], name: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB, the whole process tree) of a command that must succeed."""
+    log_path = LOG_DIR / f"loop_{name}.log"
+    with log_path.open("a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        measured = check(run_measured(cmd, cwd, env, log, memory=True), name, log_path)
+    return measured.seconds, measured.peak_rss_mb
+
+
+def run_million(project: Path, scratch: Path, env: dict[str, str], reps: int) -> dict[str, Any]:
+    """``mmp train`` on 1M synthetic rows, explain included, against the plain script with pred_contribs."""
+    csv_path = make_data.ensure(make_data.Options(rows=MILLION_ROWS))
+    mmp_cmd = [MMP, "train", *synthetic_overrides(csv_path), f"explain.sample_size={SHAP_ROWS}"]
+    plain_cmd = [PYTHON, str(Path(__file__).resolve()), "--plain-explain", str(csv_path), str(scratch / "plain1m")]
+    sides: dict[str, list[tuple[float, float]]] = {"mmp": [], "plain": []}
+    for rep in range(reps):
+        say(f"loop: rep {rep + 1}/{reps}: million (mmp train with explain vs plain + pred_contribs)")
+        mmp, plain = run_pair(
+            partial(measure_tree, mmp_cmd, project, env, "million_mmp"),
+            partial(measure_tree, plain_cmd, project, env, "million_plain"),
+            rep % 2 == 1,
+        )
+        sides["mmp"].append(mmp)
+        sides["plain"].append(plain)
+        say(f"loop:   {mmp[0]:.1f} s / {mmp[1]:.0f} MB vs plain {plain[0]:.1f} s / {plain[1]:.0f} MB")
+    wall = summarise_pairs([m[0] for m in sides["mmp"]], [p[0] for p in sides["plain"]])
+    rss = summarise_pairs([m[1] for m in sides["mmp"]], [p[1] for p in sides["plain"]])
+    return {
+        "rows": MILLION_ROWS,
+        "command": f"mmp train {' '.join(mmp_cmd[2:])}",
+        "baseline": "bench_loop.py --plain-explain CSV OUT (plain_xgboost.py + pred_contribs on 2,000 test rows)",
+        "wall": {**wall, "target_ratio": MILLION_TARGETS["wall"], "pass": wall["ratio"] <= MILLION_TARGETS["wall"]},
+        "rss": {**rss, "target_ratio": MILLION_TARGETS["rss"], "pass": rss["ratio"] <= MILLION_TARGETS["rss"]},
+    }
+
+
 BUSY: list[float] = []  # the others' share of the CPUs seen just before each measurement
 
 
@@ -267,6 +343,7 @@ def run(
                 quiet()
                 sweeps.append(run_sweep(project, env, rep))
                 say(f"loop:   {sweeps[-1]['per_job_overhead_s']:.2f} s per job besides the fit")
+        million = run_million(project, scratch, env, reps) if "million" in only else None
         reset_workspace(project, env)
     result: dict[str, Any] = {
         "benchmark": "loop",
@@ -302,6 +379,8 @@ def run(
             for recipe, s in explain.items()
         }
         result["target_explain_s"] = TARGET_EXPLAIN_S
+    if million:
+        result["million"] = million
     if sweeps:
         per_job = median([s["per_job_overhead_s"] for s in sweeps])
         result["sweep_job"] = {
@@ -359,6 +438,19 @@ def table(result: dict[str, Any]) -> list[list[str]]:
                 _verdict(figures["pass"]),
             ]
         )
+    if million := result.get("million"):
+        for key, unit, what in (("wall", "s", "wall"), ("rss", "MB", "peak RSS of the process tree")):
+            figures = million[key]
+            rows.append(
+                [
+                    f"`mmp train` with explain, {million['rows']:,} synthetic rows, {what}",
+                    f"{figures['median_s']:.1f} {unit}",
+                    f"plain + pred_contribs {figures['baseline_median_s']:.1f} {unit}",
+                    f"{figures['ratio']:.2f}x (median of {len(figures['ratios'])} pairs)",
+                    f"<= {figures['target_ratio']}x",
+                    _verdict(figures["pass"]),
+                ]
+            )
     if sweep := result.get("sweep_job"):
         rows.append(
             [
@@ -408,10 +500,20 @@ def details(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every item (default 3)")
-    parser.add_argument("--only", nargs="+", choices=ITEMS, default=list(ITEMS), help="items to run (default all)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=(*ITEMS, *OPT_IN),
+        default=list(ITEMS),
+        help="items to run (default all but million)",
+    )
     parser.add_argument("--recipes", nargs="+", help="recipes of the explain item (default: every shipped one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch project")
+    parser.add_argument("--plain-explain", nargs=2, type=Path, metavar=("CSV", "OUT"), help="(the million baseline)")
     args = parser.parse_args(argv)
+    if args.plain_explain:
+        print(json.dumps(plain_explain(*args.plain_explain)))
+        return 0
     result = run(args.reps, args.only, args.recipes, args.keep)
     path = save_result("loop", result)
     rows = table(result)
