@@ -2,7 +2,8 @@
 
 Each library's adapter (:mod:`mmp.model.adapters`) computes exact contributions: XGBoost's ``pred_contribs``,
 LightGBM's ``pred_contrib`` and CatBoost's ``ShapValues`` (TreeSHAP in C++, in the model's raw margin),
-``shap.TreeExplainer`` for scikit-learn's trees and, for linear models, ``shap.LinearExplainer``'s formula
+TreeSHAP run by XGBoost's C library for scikit-learn's forests, ``shap.TreeExplainer`` for its histogram
+gradient boosting and, for linear models, ``shap.LinearExplainer``'s formula
 (``coef * (x - mean)``, exact for independent features) computed without importing shap.
 
 Values are computed per model feature, then folded back to the user's columns (one-hot groups summed),
