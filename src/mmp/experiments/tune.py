@@ -53,8 +53,8 @@ class Dimension:
     step: float | None = None
     choices: tuple[Any, ...] = ()
 
-    def suggest(self, trial: Any) -> Any:
-        name = self.key.removeprefix("recipe.model.params.")
+    def suggest(self, trial: Any, prefix: str = "") -> Any:
+        name = prefix + self.key.removeprefix("recipe.model.params.")
         if self.type == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))  # type: ignore[arg-type]
         if self.type == "float":
@@ -72,6 +72,8 @@ class SearchSpace:
     pruner: str = "median"  # median | none
     startup_trials: int = 5  # trials never pruned, and before the sampler leaves random search
     warmup_steps: int = 10  # boosting rounds before a trial can be pruned
+    # Other recipes a trial may run instead of the searched one, each with its own dimensions (``recipes:``).
+    alternatives: dict[str, list[Dimension]] = dataclasses.field(default_factory=dict)
 
 
 def search_file(root: Path, recipe: str) -> Path:
@@ -87,15 +89,29 @@ def load_space(path: Path) -> SearchSpace:
             f"Search space {path} needs a 'params' mapping, e.g. num_leaves: {{type: int, low: 7, high: 127}}"
         )
     dimensions = [_dimension(path, key, spec) for key, spec in params.items()]
-    known = {f.name for f in dataclasses.fields(SearchSpace)} - {"dimensions"}
-    if unknown := sorted(set(raw) - known):
-        raise ConfigError(f"Unknown key '{unknown[0]}' in search space {path}; known: {', '.join(sorted(known))}")
-    space = SearchSpace(dimensions, **raw)
+    alternatives = _alternatives(path, raw.pop("recipes", None) or {})
+    known = {f.name for f in dataclasses.fields(SearchSpace)} - {"dimensions", "alternatives"}
+    if unknown := sorted(set(raw) - known - {"recipes"}):
+        raise ConfigError(
+            f"Unknown key '{unknown[0]}' in search space {path}; known: {', '.join(sorted(known | {'recipes'}))}"
+        )
+    space = SearchSpace(dimensions, alternatives=alternatives, **raw)
     if space.direction not in ("auto", "maximize", "minimize"):
         raise ConfigError(f"direction in {path} must be maximize, minimize or auto, got {space.direction!r}")
     if space.pruner not in ("median", "none"):
         raise ConfigError(f"pruner in {path} must be median or none, got {space.pruner!r}")
     return space
+
+
+def _alternatives(path: Path, raw: Any) -> dict[str, list[Dimension]]:
+    """``recipes: {<recipe>: {<param>: <dimension>, ...}}``: recipes a trial may run instead, each searched
+    over its own dimensions."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) and v for v in raw.values()):
+        raise ConfigError(
+            f"'recipes' in search space {path} maps recipe names to their params, "
+            "e.g. rf-experiment: {max_depth: {type: int, low: 4, high: 16}}"
+        )
+    return {name: [_dimension(path, key, spec) for key, spec in params.items()] for name, params in raw.items()}
 
 
 def _dimension(path: Path, key: str, spec: Any) -> Dimension:
@@ -169,6 +185,11 @@ def run_tune(
             f"No search space for recipe '{config.recipe.name}': create {space_file} (see recipes/search/ for examples)"
         )
     space = load_space(space_file)
+    for name in space.alternatives:
+        if not (root / "recipes" / f"{name}.yaml").is_file():
+            raise ConfigError(
+                f"Search space {space_file} names recipe '{name}' under 'recipes'; add recipes/{name}.yaml"
+            )
     space = dataclasses.replace(space, n_trials=n_trials or space.n_trials, seed=space.seed if seed is None else seed)
     if space.n_trials < 1:
         raise ConfigError(f"--n-trials must be at least 1, got {space.n_trials}")
@@ -199,6 +220,11 @@ def run_tune(
         )
         settings = StudySettings(sweep.parent_run_id, overrides, space, metric, direction, space.n_trials)
         study.set_user_attr(STUDY_ATTR, settings.to_json())
+        # The first trials are the recipes as they stand (where the space reaches their values): the search
+        # starts from known points, and TPE sees every recipe of the space at least once.
+        firsts = [config, *(load_config(with_recipe(overrides, name), root=root) for name in space.alternatives)]
+        for first in firsts:
+            study.enqueue_trial(recipe_point(first, space))
         threads = threads or (max(1, _cores() // workers) if workers > 1 else None)
         if shared:
             log.info(
@@ -216,7 +242,9 @@ def run_tune(
         ]
         try:
             if shares[0] != 0:
-                objective = _Objective(root, overrides, space, sweep, direction, threads, shared=shared)
+                objective = _Objective(
+                    root, overrides, space, sweep, direction, config.recipe.name, threads, shared=shared
+                )
                 _optimize(study, objective, shares[0], timeout)
         finally:
             _wait_for(helpers)
@@ -279,7 +307,9 @@ def join_tune(
     folder = root / sweeps.SWEEPS_DIR / study_name
     folder.mkdir(parents=True, exist_ok=True)
     sweep = sweeps.Sweep(study_name, settings.parent_run_id, folder, settings.metric)
-    objective = _Objective(root, settings.overrides, settings.space, sweep, settings.direction, threads, shared=True)
+    objective = _Objective(
+        root, settings.overrides, settings.space, sweep, settings.direction, config.recipe.name, threads, shared=True
+    )
     _optimize(study, objective, n_trials, timeout)
     return objective.trials_run
 
@@ -368,8 +398,13 @@ class StudySettings:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> StudySettings:
         space = dict(raw["space"])
-        dims = [Dimension(**{**d, "choices": tuple(d["choices"])}) for d in space.pop("dimensions")]
-        return cls(**{**raw, "space": SearchSpace(dims, **space)})
+
+        def dimensions(listed: list[dict[str, Any]]) -> list[Dimension]:
+            return [Dimension(**{**d, "choices": tuple(d["choices"])}) for d in listed]
+
+        dims = dimensions(space.pop("dimensions"))
+        alternatives = {name: dimensions(d) for name, d in space.pop("alternatives", {}).items()}
+        return cls(**{**raw, "space": SearchSpace(dims, alternatives=alternatives, **space)})
 
 
 def study_jobs(study: Any) -> tuple[list[sweeps.JobResult], dict[int, dict[str, Any]]]:
@@ -385,6 +420,34 @@ def study_jobs(study: Any) -> tuple[list[sweeps.JobResult], dict[int, dict[str, 
         jobs.append(sweeps.JobResult(**record))
         values[trial.number] = trial.user_attrs.get(VALUES_ATTR, {})
     return sorted(jobs, key=lambda job: job.job), values
+
+
+def recipe_point(config: Any, space: SearchSpace) -> dict[str, Any]:
+    """The trial that runs the recipe as configured: each dimension's current value, where it lies in the
+    space (the sampler draws the others)."""
+    name = config.recipe.name
+    point: dict[str, Any] = {"recipe": name} if space.alternatives else {}
+    dimensions, prefix = (
+        (space.alternatives[name], f"{name}.") if name in space.alternatives else (space.dimensions, "")
+    )
+    for dim in dimensions:
+        value: Any = config
+        for part in dim.key.split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        inside = value in dim.choices if dim.type == "categorical" else _between(value, dim)
+        if value is not None and inside:
+            point[prefix + dim.key.removeprefix("recipe.model.params.")] = value
+    return point
+
+
+def with_recipe(overrides: list[str], recipe: str) -> list[str]:
+    """``overrides`` with the recipe group set to ``recipe`` (in place of any recipe choice they make)."""
+    return [*(o for o in overrides if o.split("=")[0].lstrip("+~") != "recipe"), f"recipe={recipe}"]
+
+
+def _between(value: Any, dim: Dimension) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and dim.low <= value <= dim.high and (dim.type == "float" or float(value).is_integer())  # type: ignore[operator]
 
 
 def _sampler(space: SearchSpace, seed: int | None) -> Any:
@@ -419,11 +482,13 @@ class _Objective:
         space: SearchSpace,
         sweep: sweeps.Sweep,
         direction: str,
+        recipe: str,
         threads: int | None = None,
         *,
         shared: bool = False,
     ):
         self.root, self.overrides, self.space, self.sweep, self.direction = root, overrides, space, sweep, direction
+        self.recipe = recipe  # the searched recipe; space.alternatives may offer others
         self.report_every = SHARED_REPORT_EVERY if shared else 1
         self.fixed = [*overrides, *_thread_overrides(root, overrides, threads)]
         self.trials_run = 0  # by this process (other workers add trials to the same study)
@@ -432,9 +497,16 @@ class _Objective:
         import optuna
 
         self.trials_run += 1
-        values = {dim.key: dim.suggest(trial) for dim in self.space.dimensions}
-        trial.set_user_attr(VALUES_ATTR, values)
-        trial_overrides = [*self.fixed, *(f"++{key}={_hydra_value(value)}" for key, value in values.items())]
+        fixed, dimensions, prefix, chosen = self.fixed, self.space.dimensions, "", {}
+        if self.space.alternatives:  # which recipe first; then that recipe's own dimensions
+            recipe = trial.suggest_categorical("recipe", [self.recipe, *self.space.alternatives])
+            chosen = {"recipe": recipe}
+            if recipe != self.recipe:
+                dimensions, prefix = self.space.alternatives[recipe], f"{recipe}."
+                fixed = with_recipe(fixed, recipe)
+        values = {dim.key: dim.suggest(trial, prefix) for dim in dimensions}
+        trial.set_user_attr(VALUES_ATTR, {**chosen, **values})
+        trial_overrides = [*fixed, *(f"++{key}={_hydra_value(value)}" for key, value in values.items())]
 
         def report(step: int, valid_loss: float) -> None:
             if step % self.report_every:
@@ -459,7 +531,7 @@ class _Objective:
         score = result.score(self.sweep.metric or "")
         if result.status != "FINISHED" or score is None or math.isnan(score):
             raise _TrialFailed(result.error or f"trial {trial.number} has no {self.sweep.metric}")
-        log.info("trial %d: %s = %.5f (%s)", trial.number, self.sweep.metric, score, _shown(values))
+        log.info("trial %d: %s = %.5f (%s)", trial.number, self.sweep.metric, score, _shown({**chosen, **values}))
         return score
 
 
@@ -498,7 +570,9 @@ def write_best_recipe(
     """The base recipe with the best trial's values, as ``recipes/<recipe>-best.yaml`` (or ``output``)."""
     name = f"{recipe}-best" if output is None else output.stem
     target = output or root / "recipes" / f"{name}.yaml"
-    document = {**read_yaml(root / "recipes" / f"{recipe}.yaml", "Recipe file"), "name": name}
+    values = dict(values)
+    chosen = values.pop("recipe", recipe)  # the best trial may have run one of the space's other recipes
+    document = {**read_yaml(root / "recipes" / f"{chosen}.yaml", "Recipe file"), "name": name}
     for key, value in values.items():
         if not key.startswith("recipe."):
             log.warning("%s=%s is not part of a recipe; set it yourself (e.g. in conf/config.yaml)", key, value)
@@ -511,7 +585,9 @@ def write_best_recipe(
     best = summary.best
     assert best is not None
     header = (
-        f"# Best of {len(summary.jobs)} trials of `mmp tune` on recipe {recipe} (seed {space.seed}):\n"
+        f"# Best of {len(summary.jobs)} trials of `mmp tune` on recipe {recipe} (seed {space.seed})"
+        + (f", recipe {chosen}" if chosen != recipe else "")
+        + ":\n"
         f"# {summary.metric} = {best.score(summary.metric)}, MLflow run {best.run_id}.\n"
         "# Use it: {}\n#     or: {}\n".format(*use_commands(name, overrides))
     )
