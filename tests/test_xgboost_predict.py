@@ -103,10 +103,11 @@ def test_a_loaded_model_answers_through_the_c_library_as_the_package_does(
     assert np.array_equal(copy.output(rows), fitted.output(rows))
 
 
-def test_explaining_a_loaded_model_imports_neither_xgboost_nor_scikit_learn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["xgboost", "lightgbm"])
+def test_explaining_a_loaded_model_imports_neither_its_library_nor_scikit_learn(family: str, tmp_path: Path) -> None:
     from test_explain import trained
 
-    fitted, pre, x = trained("xgboost", "titanic", "survived")
+    fitted, pre, x = trained(family, "titanic", "survived")
     fitted.save(tmp_path)
     np.save(tmp_path / "rows.npy", x["test"][:50])
     script = f"""
@@ -135,3 +136,37 @@ def test_another_xgboost_major_version_loads_through_the_package(
     loaded = TrainedModel.load(tmp_path)
     assert isinstance(loaded.estimator, xgboost.XGBClassifier)
     assert np.array_equal(loaded.output(x), fitted.output(x))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "target"),
+    [("titanic", "survived"), ("penguins", "species"), ("penguins", "body_mass_g")],  # binary, multiclass, regression
+)
+def test_a_loaded_lightgbm_model_answers_through_its_c_library_as_the_package_does(
+    dataset: str, target: str, tmp_path: Path
+) -> None:
+    import pickle
+
+    from test_explain import trained
+
+    from mmp.explanation.shap import explain
+    from mmp.model.adapters.lightgbm import LoadedBooster
+    from mmp.model.trained import TrainedModel
+
+    fitted, pre, x = trained("lightgbm", dataset, target)
+    fitted.save(tmp_path)
+    loaded = TrainedModel.load(tmp_path)
+    assert loaded.estimator.native is not None  # the C library path is in use
+    package = TrainedModel.load(tmp_path)
+    package.estimator.native = None  # the package's Booster for everything
+    rows = x["test"]
+    for model in (fitted, package):
+        assert np.array_equal(loaded.output(rows), model.output(rows))
+        assert np.array_equal(loaded.raw_output(rows), model.raw_output(rows))
+        ours, theirs = explain(loaded, rows, pre.feature_groups), explain(model, rows, pre.feature_groups)
+        assert np.array_equal(ours.values, theirs.values) and np.array_equal(ours.base_values, theirs.base_values)
+    loaded.limit_threads(1)
+    assert np.array_equal(loaded.output(rows[:1]), fitted.output(rows[:1]))
+    np.testing.assert_allclose(loaded.importances(), fitted.importances())
+    copy = pickle.loads(pickle.dumps(loaded))
+    assert isinstance(copy.estimator, LoadedBooster) and np.array_equal(copy.output(rows), fitted.output(rows))

@@ -1,10 +1,12 @@
 """LightGBM: native categoricals and missing values, early stopping, exact TreeSHAP through ``pred_contrib``.
 
-A saved model is LightGBM's text file; loaded, it is a booster behind :class:`LoadedBooster`.
+A saved model is LightGBM's text file; loaded, it is :class:`LoadedBooster`, which predicts and explains through
+LightGBM's C library without importing the package (:mod:`.lightgbm_capi`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +23,14 @@ from mmp.model.adapters.base import (
     sum_to_one,
     weight_param,
 )
+from mmp.model.adapters.lightgbm_capi import CONTRIBUTIONS, NORMAL, RAW_SCORE, NativeModel
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 
 if TYPE_CHECKING:
     from mmp.model.distributed import ClusterData
     from mmp.model.trained import TrainedModel
+
+log = logging.getLogger(__name__)
 
 
 class LightGBMAdapter(Adapter):
@@ -120,38 +125,76 @@ class LightGBMAdapter(Adapter):
     def contributions(
         self, model: TrainedModel, x: np.ndarray, background: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        contributions = np.asarray(_booster(model.estimator).predict(x, pred_contrib=True))
+        contributions = _scores(model.estimator, x, CONTRIBUTIONS)
         if model.task == "multiclass":
             contributions = contributions.reshape(len(x), len(model.classes), -1)
         return split_bias(contributions)
 
     def raw_output(self, model: TrainedModel, x: np.ndarray) -> np.ndarray:
-        return np.asarray(_booster(model.estimator).predict(x, raw_score=True))
+        return _scores(model.estimator, x, RAW_SCORE)
 
     def save(self, estimator: Any, folder: Path) -> str:
         _booster(estimator).save_model(folder / "model.txt")
         return "model.txt"
 
     def load(self, spec: ModelSpec, task: str, path: Path) -> Any:
-        import lightgbm
-
-        return LoadedBooster(lightgbm.Booster(model_file=str(path)), task)
+        return LoadedBooster(path.read_text(encoding="utf-8"), task)
 
 
 class LoadedBooster:
-    """The predict/predict_proba face of a LightGBM booster loaded from its text file."""
+    """The predict/predict_proba face of a LightGBM model loaded from its text file.
 
-    def __init__(self, booster: Any, task: str) -> None:
-        self.booster = booster
+    It predicts through LightGBM's C library (:mod:`.lightgbm_capi`: no import of the package, which imports
+    scikit-learn and pandas); the package's ``Booster`` is loaded on first use for anything else
+    (importances), or for everything where the C library is not the version checked here.
+    """
+
+    def __init__(self, text: str, task: str) -> None:
+        self.text = text
         self.task = task
         self.threads = 0  # 0: LightGBM's default
+        self._booster: Any = None
+        try:
+            self.native: NativeModel | None = NativeModel(text)
+        except Exception:  # another LightGBM, or no library file where the package keeps it
+            log.debug("LightGBM model loaded through the package", exc_info=True)
+            self.native = None
+
+    @property
+    def booster(self) -> Any:
+        if self._booster is None:
+            import lightgbm
+
+            self._booster = lightgbm.Booster(model_str=self.text)
+        return self._booster
+
+    def scores(self, x: np.ndarray, kind: int = NORMAL) -> np.ndarray:
+        """``Booster.predict``'s values, raw scores or SHAP contributions."""
+        if self.native is not None:
+            return self.native.predict(x, kind, self.threads)
+        options = {"raw_score": kind == RAW_SCORE, "pred_contrib": kind == CONTRIBUTIONS}
+        return np.asarray(self.booster.predict(x, num_threads=self.threads, **options))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.booster.predict(x, num_threads=self.threads)
+        return self.scores(x)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        proba = self.booster.predict(x, num_threads=self.threads)
+        proba = self.scores(x)
         return np.column_stack([1.0 - proba, proba]) if proba.ndim == 1 else proba
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"text": self.text, "task": self.task, "threads": self.threads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["text"], state["task"])  # type: ignore[misc]
+        self.threads = state["threads"]
+
+
+def _scores(estimator: Any, x: np.ndarray, kind: int) -> np.ndarray:
+    if isinstance(estimator, LoadedBooster):
+        return estimator.scores(x, kind)
+    options = {"raw_score": kind == RAW_SCORE, "pred_contrib": kind == CONTRIBUTIONS}
+    return np.asarray(estimator.booster_.predict(x, **options))
 
 
 def _booster(estimator: Any) -> Any:
