@@ -300,15 +300,19 @@ def _buffered_thread_worker() -> type:
             self._await_head(TConn(self.cfg, client, address, listener.getsockname()))
 
         def on_client_socket_readable(self, conn: Any, client: Any) -> None:  # a kept-alive connection's next request
-            self.poller.unregister(client)
             self.keepalived_conns.remove(conn)
-            self._await_head(conn)
+            self._await_head(conn, registered=True)
+            self._read_head(conn, client)  # its bytes are there: read them now, not on the loop's next turn
 
-        def _await_head(self, conn: Any) -> None:
+        def _await_head(self, conn: Any, registered: bool = False) -> None:
             conn.sock.setblocking(False)
             conn.mmp_head = bytearray()
             self.heads[conn] = time.monotonic() + HEAD_TIMEOUT
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_head, conn))
+            callback = partial(self._read_head, conn)
+            if registered:  # one epoll change instead of an unregister and a register
+                self.poller.modify(conn.sock, selectors.EVENT_READ, callback)
+            else:
+                self.poller.register(conn.sock, selectors.EVENT_READ, callback)
 
         def _read_head(self, conn: Any, client: Any) -> None:
             try:
