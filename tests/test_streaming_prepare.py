@@ -64,7 +64,7 @@ def test_streamed_splits_and_state_equal_the_in_memory_ones(root: Path, tmp_path
     config = load_config(overrides, root=root)
     spec = check_model_name(config.recipe.model.name)
     parts, preprocessor = _in_memory(config, spec)
-    inputs = check_inputs(config, spec)
+    inputs = check_inputs(config, spec, columns=False)  # as the stage runs: write_splits checks the features
     write_splits(inputs, tmp_path)
     for name, part in parts.items():
         assert pl.read_parquet(tmp_path / f"{name}.parquet").equals(part), name
@@ -92,6 +92,22 @@ def test_a_parse_error_while_streaming_is_one_line(root: Path, tmp_path: Path) -
     bad = root / "data" / "bad.csv"
     rows = ["x,y"] + [f"{i},{i % 2}" for i in range(30_000)] + ["oops,1"]
     bad.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    config = load_config(["data.path=data/bad.csv", "data.target=y"], root=root)
+    config = load_config(["data.path=data/bad.csv", "data.target=y", "data.positive_class=null"], root=root)
     with pytest.raises(DataError, match=r"bad.csv cannot be parsed"):
-        write_splits(check_inputs(config), tmp_path)
+        check_inputs(config)  # mmp validate: every column parsed
+    inputs = check_inputs(config, columns=False)  # the stage: the target only, then one pass writes the splits
+    with pytest.raises(DataError, match=r"bad.csv cannot be parsed"):
+        write_splits(inputs, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_bad_feature_column_found_while_writing_leaves_no_split(root: Path, tmp_path: Path) -> None:
+    rows = (root / "data" / "titanic.csv").read_text(encoding="utf-8").splitlines()
+    cells = rows[7].split(",")
+    rows[7] = ",".join([*cells[:3], "inf", *cells[4:]])  # age
+    (root / "data" / "inf.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config = load_config(["data.path=data/inf.csv"], root=root)
+    inputs = check_inputs(config, columns=False)
+    with pytest.raises(DataError, match=r"Column 'age' holds 1 infinite value"):
+        write_splits(inputs, tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -4,15 +4,17 @@ object store sources and their local snapshots (:mod:`.sources`)."""
 
 from mmp.data.load import file_digest, load, parse_errors, scan, scan_checked
 from mmp.data.sources import input_file, local_path, source_location, write_snapshot
-from mmp.data.split import SPLITS, split
+from mmp.data.split import SPLITS, assign, split
 from mmp.data.validate import (
     MAX_CLASSES,
     CheckedScan,
     Cleaned,
+    check_columns,
     check_scan,
     clean_and_check,
     feature_columns,
     infer_task,
+    scan_keys,
 )
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "SPLITS",
     "CheckedScan",
     "Cleaned",
+    "assign",
+    "check_columns",
     "check_scan",
     "clean_and_check",
     "feature_columns",
@@ -31,6 +35,7 @@ __all__ = [
     "parse_errors",
     "scan",
     "scan_checked",
+    "scan_keys",
     "source_location",
     "split",
     "write_snapshot",

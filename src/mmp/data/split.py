@@ -16,34 +16,45 @@ _TRAIN, _VALID, _TEST = 0, 1, 2
 
 def split(frame: pl.DataFrame, target: str, task: str, config: SplitConfig, seed: int) -> dict[str, pl.DataFrame]:
     """Split by ``config.strategy``; every split must have rows, and train every class."""
+    codes, order = assign(frame, target, task, config, seed)
+    if order is not None:  # temporal: each split's rows in time order
+        return {name: frame[order].filter(pl.Series(codes[order] == code)) for code, name in enumerate(SPLITS)}
+    return {name: frame.filter(pl.Series(codes == code)) for code, name in enumerate(SPLITS)}
+
+
+def assign(
+    frame: pl.DataFrame, target: str, task: str, config: SplitConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`split` without the split frames: each row's split (an int8 code, the index in :data:`SPLITS`) and,
+    for a temporal split, the rows' time order (else None). ``frame`` needs only the columns the strategy reads
+    (target, time or group column). Checked as :func:`split` is: every split has rows, train every class."""
     n = frame.height
     n_test, n_valid = int(round(n * config.test_size)), int(round(n * config.valid_size))
+    order = None
     if config.strategy == "temporal":
         order = _time_order(frame, config.time_column)
-        assignment = np.full(n, _TRAIN, dtype=np.int8)
+        codes = np.full(n, _TRAIN, dtype=np.int8)
         # Oldest rows train, then valid, the latest rows test: no shuffling, so nothing is learnt from the future.
-        assignment[order[n - n_test - n_valid : n - n_test]] = _VALID
-        assignment[order[n - n_test :]] = _TEST
-        parts = {name: frame[order].filter(pl.Series(assignment[order] == code)) for code, name in enumerate(SPLITS)}
+        codes[order[n - n_test - n_valid : n - n_test]] = _VALID
+        codes[order[n - n_test :]] = _TEST
+    elif config.strategy == "group":
+        codes = _by_group(frame, config.group_column, n_test, n_valid, seed)
     else:
-        if config.strategy == "group":
-            assignment = _by_group(frame, config.group_column, n_test, n_valid, seed)
-        else:
-            stratified = config.strategy == "stratified" and config.stratify and task != "regression"
-            assignment = _by_rows(n, frame[target] if stratified else None, config, seed)
-        parts = {name: frame.filter(pl.Series(assignment == code)) for code, name in enumerate(SPLITS)}
-    for name, part in parts.items():
-        if part.height == 0:
+        stratified = config.strategy == "stratified" and config.stratify and task != "regression"
+        codes = _by_rows(n, frame[target] if stratified else None, config, seed)
+    for name, count in zip(SPLITS, np.bincount(codes, minlength=len(SPLITS)), strict=True):
+        if count == 0:
             raise DataError(f"The {name} split is empty ({n} rows in all); use more data or larger split sizes")
     if task != "regression":
-        seen = set(parts["train"][target].unique().to_list())
-        missing = sorted(set(frame[target].unique().to_list()) - seen)
+        labels = frame[target]
+        seen = set(labels.filter(pl.Series(codes == _TRAIN)).unique().to_list())
+        missing = sorted(set(labels.unique().to_list()) - seen)
         if missing:
             raise DataError(
                 f"Class(es) {', '.join(map(str, missing))} of '{target}' have too few rows to reach the train split; "
                 "drop them with data.query or add data"
             )
-    return parts
+    return codes, order
 
 
 def _by_rows(n: int, labels: pl.Series | None, config: SplitConfig, seed: int) -> np.ndarray:
@@ -52,9 +63,11 @@ def _by_rows(n: int, labels: pl.Series | None, config: SplitConfig, seed: int) -
     if labels is None:
         groups = [np.arange(n)]
     else:
-        labels = labels.cast(pl.String)
-        # One comparison per class, in sorted order (a string rank of every row costs 7x more).
-        groups = [np.flatnonzero((labels == label).to_numpy()) for label in sorted(labels.unique().to_list())]
+        # One comparison per class, in the order of the classes as text (a string rank of every row costs 7x
+        # more; comparing in the labels' own type spares a text copy of every row).
+        values = labels.unique()
+        ordered = values.gather(values.cast(pl.String).arg_sort())
+        groups = [np.flatnonzero((labels == label).to_numpy()) for label in ordered.to_list()]
     assignment = np.full(n, _TRAIN, dtype=np.int8)
     for rows in groups:
         rows = rng.permutation(rows)

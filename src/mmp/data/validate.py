@@ -35,7 +35,7 @@ class CheckedScan:
     """:func:`check_scan`'s result: the cleaned rows as a lazy query, and what the checks found out."""
 
     frame: pl.LazyFrame  # rows with a target, the target as text for classification
-    keys: pl.DataFrame  # the columns a split needs (target, time, group), in memory: a few bytes a row
+    keys: pl.DataFrame  # the columns a split needs (target, time, group), as read, in memory: a few bytes a row
     rows: int
     task: str
     classes: list[str] | None
@@ -55,20 +55,56 @@ def check_scan(frame: pl.LazyFrame, data: DataConfig, requested_task: str, key_c
     """:func:`clean_and_check` in streaming passes: the counts and checks are aggregations, and only
     ``key_columns`` (those of them in the data) are held in memory.
     """
+    checked = scan_keys(frame, data, requested_task, key_columns)
+    check_columns(checked.frame, data, checked.rows)
+    return checked
+
+
+def scan_keys(frame: pl.LazyFrame, data: DataConfig, requested_task: str, key_columns: list[str]) -> CheckedScan:
+    """The target's checks and the task, from one pass that reads the target and ``key_columns`` only (those
+    of them in the data, held in memory). The feature columns are left to :func:`check_columns`."""
     target = data.target
     schema = frame.collect_schema()
-    features = feature_columns(frame, data)
-    keep = pl.col(target).is_not_null()
-    stats = _column_stats(frame, schema, features, data, keep)
-    n_null = stats["target_nulls"]
+    wanted = list(dict.fromkeys([target, *(c for c in key_columns if c in schema)]))
+    keys = frame.select(wanted).collect(engine="streaming")
+    n_null = keys[target].null_count()
     if n_null:
         log.warning("Dropping %d row(s) whose target '%s' is missing", n_null, target)
-    rows = stats["rows"] - n_null
+        keys = keys.filter(pl.col(target).is_not_null())
+    rows = keys.height
     if rows == 0:
         where = f" after data.query '{data.query}'" if data.query else ""
         raise DataError(
             f"No rows left{where} once rows with a missing target are dropped; check the data file and data.query"
         )
+    if schema[target].is_float() and keys[target].is_infinite().any():
+        raise DataError(f"Target '{target}' holds infinite values (inf); fix or remove those rows in the data file")
+    if rows < 20:
+        raise DataError(f"Only {rows} rows to learn from; mmp needs at least 20 to split train/valid/test")
+    task = infer_task(keys[target], requested_task, target)
+    classes = None
+    frame = frame.filter(pl.col(target).is_not_null()) if n_null else frame
+    if task != "regression":
+        frame = frame.with_columns(pl.col(target).cast(pl.String))
+        # The keys keep the target's own type (text is 16 bytes a row); a split casts what it compares.
+        classes = sorted(keys[target].unique().cast(pl.String).to_list())
+        if data.positive_class is not None and task == "binary":
+            if data.positive_class not in classes:
+                raise DataError(
+                    f"data.positive_class '{data.positive_class}' is not a value of '{target}' "
+                    f"(values: {', '.join(classes)}); fix data.positive_class"
+                )
+            classes = [c for c in classes if c != data.positive_class] + [data.positive_class]
+    return CheckedScan(frame, keys, rows, task, classes, n_null)
+
+
+def check_columns(frame: pl.LazyFrame, data: DataConfig, rows: int) -> None:
+    """The feature columns' checks over the cleaned rows (``rows`` of them), in one streaming pass: no column
+    entirely empty, no infinities; a text column that is mostly numbers is named in a warning. ``frame`` may be
+    the data file's scan or the splits already written from it (Parquet: each column read on its own)."""
+    schema = frame.collect_schema()
+    features = feature_columns(frame, data)
+    stats = _column_stats(frame, schema, features, data)
     for column in features:
         if stats[f"nulls:{column}"] == rows:
             raise DataError(f"Column '{column}' is entirely empty; add it to data.drop_columns or fix the data file")
@@ -79,41 +115,14 @@ def check_scan(frame: pl.LazyFrame, data: DataConfig, requested_task: str, key_c
             )
         n_numbers, n_values = stats.get(f"numbers:{column}", 0), stats.get(f"values:{column}", 0)
         if 0 < n_numbers < n_values:
-            _warn_mixed(frame.filter(keep).select(column).collect(engine="streaming")[column], n_numbers)
-    if stats.get("inf:target"):
-        raise DataError(f"Target '{target}' holds infinite values (inf); fix or remove those rows in the data file")
-    if rows < 20:
-        raise DataError(f"Only {rows} rows to learn from; mmp needs at least 20 to split train/valid/test")
-    wanted = list(dict.fromkeys([target, *(c for c in key_columns if c in schema)]))
-    keys = frame.filter(keep).select(wanted).collect(engine="streaming")
-    task = infer_task(keys[target], requested_task, target)
-    classes = None
-    if task != "regression":
-        frame = frame.filter(keep).with_columns(pl.col(target).cast(pl.String))
-        keys = keys.with_columns(pl.col(target).cast(pl.String))
-        classes = sorted(keys[target].unique().to_list())
-        if data.positive_class is not None and task == "binary":
-            if data.positive_class not in classes:
-                raise DataError(
-                    f"data.positive_class '{data.positive_class}' is not a value of '{target}' "
-                    f"(values: {', '.join(classes)}); fix data.positive_class"
-                )
-            classes = [c for c in classes if c != data.positive_class] + [data.positive_class]
-    else:
-        frame = frame.filter(keep)
-    return CheckedScan(frame, keys, rows, task, classes, n_null)
+            _warn_mixed(frame.select(column).collect(engine="streaming")[column], n_numbers)
 
 
-def _column_stats(
-    frame: pl.LazyFrame, schema: pl.Schema, features: list[str], data: DataConfig, keep: pl.Expr
-) -> dict[str, int]:
-    """One streaming pass: row and null counts, infinities, and numbers among text values, per column."""
-    target = data.target
-    exprs = [pl.len().alias("rows"), pl.col(target).null_count().alias("target_nulls")]
-    if schema[target].is_float():
-        exprs.append(pl.col(target).filter(keep).is_infinite().sum().alias("inf:target"))
+def _column_stats(frame: pl.LazyFrame, schema: pl.Schema, features: list[str], data: DataConfig) -> dict[str, int]:
+    """One streaming pass: null counts, infinities, and numbers among text values, per feature column."""
+    exprs = [pl.len().alias("rows")]
     for name in features:
-        column = pl.col(name).filter(keep)
+        column = pl.col(name)
         exprs.append(column.null_count().alias(f"nulls:{name}"))
         if schema[name].is_float():
             exprs.append(column.is_infinite().sum().alias(f"inf:{name}"))
