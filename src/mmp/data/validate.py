@@ -113,8 +113,9 @@ def check_columns(frame: pl.LazyFrame, data: DataConfig, rows: int) -> None:
                 f"Column '{column}' holds {count} infinite value(s) (inf); replace them in the data file "
                 "(leave the cell empty for a missing value), or add the column to data.drop_columns"
             )
-        if 0 < stats.get(f"numbers:{column}", 0) < stats.get(f"values:{column}", 0):
-            _warn_mixed(frame.select(column).collect(engine="streaming")[column])
+        n_numbers, n_values = stats.get(f"numbers:{column}", 0), stats.get(f"values:{column}", 0)
+        if 0 < n_numbers < n_values:
+            _warn_mixed(frame.select(column).collect(engine="streaming")[column], n_numbers)
 
 
 def _column_stats(frame: pl.LazyFrame, schema: pl.Schema, features: list[str], data: DataConfig) -> dict[str, int]:
@@ -126,20 +127,17 @@ def _column_stats(frame: pl.LazyFrame, schema: pl.Schema, features: list[str], d
         if schema[name].is_float():
             exprs.append(column.is_infinite().sum().alias(f"inf:{name}"))
         elif schema[name] == pl.String and name not in data.categorical_columns:
-            # A text column that mixes numbers and text is trained as a categorical: found here, said below.
-            # Its distinct values tell (a cast of every row costs twice as much), the warning counts the rows.
-            distinct = column.drop_nulls().unique()
-            exprs.append(distinct.len().alias(f"values:{name}"))
-            exprs.append(distinct.str.strip_chars().cast(pl.Float64, strict=False).count().alias(f"numbers:{name}"))
+            # A text column that is mostly numbers is trained as a categorical: counted here, said once below.
+            exprs.append(column.count().alias(f"values:{name}"))
+            exprs.append(column.str.strip_chars().cast(pl.Float64, strict=False).count().alias(f"numbers:{name}"))
     row = frame.select(exprs).collect(engine="streaming").row(0, named=True)
     return {key: int(value or 0) for key, value in row.items()}
 
 
-def _warn_mixed(series: pl.Series) -> None:
+def _warn_mixed(series: pl.Series, n_numbers: int) -> None:
     """A text column that is mostly numbers is trained as a categorical: say so."""
     values = series.drop_nulls()
     numbers = values.str.strip_chars().cast(pl.Float64, strict=False)
-    n_numbers = numbers.count()
     texts = values.filter(numbers.is_null()).unique(maintain_order=True).head(3).to_list()
     log.warning(
         "Column '%s' mixes numbers and text (%d numeric value(s), and e.g. %s): it is trained as a categorical "
