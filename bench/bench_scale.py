@@ -164,11 +164,12 @@ def table(result: dict[str, Any]) -> list[list[str]]:
 def details(result: dict[str, Any]) -> str:
     """The curve: RSS and wall time of each side against the row count."""
     sides = ("read_csv", "read+split", "prepare")
-    header = ["rows", "CSV MB", *(f"{side} RSS / wall (others' cores)" for side in sides), "RSS, wall ratio"]
+    header = ["rows", "CSV MB", *(f"{side} RSS / wall / CPU (others)" for side in sides), "RSS, wall ratio"]
     lines = []
     for point in result["curve"]:
         cells = [
-            f"{point[s]['peak_rss_mb']:.0f} MB / {point[s]['wall_s']:.1f} s ({point[s]['others_cores']:.1f})"
+            f"{point[s]['peak_rss_mb']:.0f} MB / {point[s]['wall_s']:.1f} s / {point[s]['cpu_s']:.1f} s "
+            f"({point[s]['others_cores']:.1f})"
             for s in sides
         ]
         ratios = f"{point['rss_ratio']:.2f}x, {point['wall_ratio']:.2f}x"

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _SPLIT = "__mmp_split"  # a row's split code, zipped beside the rows while they are written
 _ROW = "__mmp_row"  # a row's position among the cleaned rows: how a temporal split picks its rows, in time order
-_COMPRESSION = "uncompressed"  # the split files: dictionary-encoded already; lz4 saves 17% for 1.3x the CPU
+_COMPRESSION = "uncompressed"  # the split files: lz4 saves 17% of the bytes for 20% more CPU in the writing pass
 
 
 @dataclass(frozen=True)
