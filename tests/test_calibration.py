@@ -161,6 +161,7 @@ def test_isotonic_lowers_test_ece_on_titanic(tmp_path: Path) -> None:
     assert table.columns == ["bin", "uncalibrated", "calibrated"] and table.height >= 5
 
 
+@pytest.mark.slow  # two titanic models, each with 5 cross-fitting fits
 def test_calibration_that_does_not_help_is_dropped_unless_forced() -> None:
     # Seed 42: isotonic raises the valid Brier score on titanic (measured: 0.13093 -> 0.13118), so it is
     # dropped; the test above forces it.
