@@ -3,6 +3,9 @@
 The search space lives next to the recipe, in ``recipes/search/<recipe>.yaml``. Trials run through
 :func:`mmp.sweep.run_job`, boosted models report their validation loss every round so that unpromising
 trials are pruned, and the best configuration is written back as a recipe file to commit and ``dvc repro``.
+With ``cv.folds`` set, each trial is k-fold cross-validated on train+valid and ranked by its out-of-fold
+score (the train stage's valid metrics then), so small data is not judged on one small valid split; trials
+are then not pruned.
 
 With one worker, trials run one after another in memory (so a seed gives the same trials). With
 ``--workers N`` (or ``--storage URL``) the study lives in shared storage (a journal file, or a database such
@@ -65,7 +68,8 @@ class Dimension:
 @dataclass(frozen=True)
 class SearchSpace:
     dimensions: list[Dimension]
-    metric: str = "auto"  # auto: the recipe's primary metric on the valid split
+    # auto: the recipe's primary metric on the valid split (under cv.folds: out of fold, on train+valid)
+    metric: str = "auto"
     direction: str = "auto"  # maximize | minimize | auto (from the metric)
     n_trials: int = 20
     seed: int = 42
@@ -191,6 +195,9 @@ def run_tune(
                 f"Search space {space_file} names recipe '{name}' under 'recipes'; add recipes/{name}.yaml"
             )
     space = dataclasses.replace(space, n_trials=n_trials or space.n_trials, seed=space.seed if seed is None else seed)
+    if config.cv.folds > 1:
+        # Under cv.folds the train stage fits the folds without per-round reports: nothing to prune on.
+        space = dataclasses.replace(space, pruner="none")
     if space.n_trials < 1:
         raise ConfigError(f"--n-trials must be at least 1, got {space.n_trials}")
     if timeout is not None and not timeout > 0:
@@ -208,6 +215,8 @@ def run_tune(
         # Prepare once up front (trials only change the model, so they all reuse it); it tells the task.
         metric = metric or sweeps.default_metric(config, sweeps.prepared_task(sweeps.prepared(config, sweep)))
         sweep = dataclasses.replace(sweep, metric=metric)
+        if config.cv.folds > 1:  # the train stage's valid metrics are then out-of-fold, over train+valid
+            log.info("cv.folds=%d: trials are ranked by the out-of-fold %s; no pruning", config.cv.folds, metric)
         direction = space.direction
         if direction == "auto":
             direction = "minimize" if sweeps.lower_is_better(metric) else "maximize"
