@@ -154,6 +154,22 @@ def test_seeded_search_is_reproducible_prunes_and_writes_a_recipe(project: Proje
     assert project.metrics()["valid"]["roc_auc"] == best.data.metrics["valid_roc_auc"]
 
 
+def test_tune_under_cv_ranks_trials_out_of_fold_without_pruning(project: Project) -> None:
+    # One trial: xgb-baseline as it stands, its 3 folds fitted without boosting-round reports.
+    result = project.mmp("tune", "recipe=xgb-baseline", "cv.folds=3", "--n-trials", "1", "--seed", "0")
+    assert "cv.folds=3: trials are ranked by the out-of-fold valid_roc_auc; no pruning" in result.stderr
+    [parent] = project.runs("tune")
+    [trial] = children(project, parent)
+    assert trial.info.status == "FINISHED" and parent.data.tags["mmp.best_run_id"] == trial.info.run_id
+    assert len(project.client().get_metric_history(trial.info.run_id, "cv_fold_roc_auc")) == 3
+    # The trial's score, valid_roc_auc, is the out-of-fold one: close to the folds' mean, well above chance.
+    metrics = trial.data.metrics
+    assert metrics["valid_roc_auc"] > 0.8
+    assert abs(metrics["valid_roc_auc"] - metrics["cv_roc_auc_mean"]) < 0.03
+    assert [row["status"] for row in summary_rows(project, parent)] == ["FINISHED"]
+    assert_nothing_running(project)
+
+
 def test_bad_search_space_is_one_clear_line(project: Project) -> None:
     space = project.root / "recipes" / "search" / "bad.yaml"
     space.write_text("params:\n  num_leaves: {type: int, low: 50, high: 10}\n")

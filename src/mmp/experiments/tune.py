@@ -422,6 +422,8 @@ def study_jobs(study: Any) -> tuple[list[sweeps.JobResult], dict[int, dict[str, 
     for trial in study.get_trials(deepcopy=False):
         record = trial.user_attrs.get(JOB_ATTR)
         if record is None:
+            if trial.state.name == "WAITING":  # a recipe's first point, enqueued, never run: the budget ended first
+                continue
             if trial.state.name == "RUNNING":
                 log.warning("trial %d is still running in another worker; it is left out of the summary", trial.number)
                 continue
