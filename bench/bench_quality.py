@@ -128,6 +128,7 @@ def run_tuned(project: Path, env: dict[str, str], data: str, budget: float, prim
         "trials": len(collect(folder)),
         "finished": len(jobs),
         "best_job": best.job,
+        "best_overrides": best.overrides,  # which recipe and values won
         "test": test,
     }
 
