@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -209,6 +210,21 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def ready_workers(self, count: int, timeout: float = 120) -> set[int]:
+        """Wait until ``count`` workers logged ``worker_ready`` (their model loaded); return their pids."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = {int(pid) for pid in re.findall(r'"event": "worker_ready", "pid": (\d+)', self.log_path.read_text())}
+            if len(pids) >= count:
+                return pids
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError(f"{len(pids)} of {count} workers ready:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def served_by(self, path: str) -> set[int]:
+        """The pids of the workers whose access log lines answered ``path``."""
+        return {int(pid) for pid in re.findall(rf'"path":"{re.escape(path)}".*?"pid":(\d+)', self.log_path.read_text())}
 
     def request(
         self,

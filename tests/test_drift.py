@@ -212,8 +212,9 @@ def test_drift_sums_the_workers_windows(trained: tuple[Project, str], titanic: p
     server = start_server(project, ["--run-id", run_id, "--workers", "2"])
     try:
         rows = _titanic_rows(titanic, 3.0)
+        server.ready_workers(2)  # a busy machine may still be loading the second worker's model
         # Which worker accepts a connection is the kernel's choice, and one idle worker may take them all.
-        # Concurrent rounds of new connections until both workers hold rows (each window keeps 1,000).
+        # Concurrent rounds of new connections until both workers answered some (each window keeps 1,000).
         sent, body = 0, {}
         with ThreadPoolExecutor(4) as pool:
             while sent < 800:
@@ -221,11 +222,11 @@ def test_drift_sums_the_workers_windows(trained: tuple[Project, str], titanic: p
                 answers = pool.map(lambda chunk: server.request("/predict", chunk), chunks)
                 assert [status for status, _, _ in answers] == [200] * 4
                 sent += 80
-                status, _, body = server.request("/drift")
-                assert status == 200 and body["rows"] == sent, body
-                if body["window"]["workers"] == 2:
+                if len(server.served_by("/predict")) == 2:
                     break
-        assert body["window"]["workers"] == 2, body
+        assert len(server.served_by("/predict")) == 2, "one worker answered every request"
+        status, _, body = server.request("/drift")
+        assert status == 200 and body["rows"] == sent and body["window"]["workers"] == 2, body
         assert "age" in body["drifted"]
         status, _, text = server.request("/metrics")
         assert 'mmp_drift_psi{column="age"}' in text and f"mmp_drift_window_rows {float(sent)}" in text

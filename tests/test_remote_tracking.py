@@ -212,7 +212,9 @@ def test_unreachable_server_fails_within_seconds(team: Team) -> None:
         elapsed = time.monotonic() - started
         error = one_error_line(result)
         assert f"MLflow server {down} is unreachable (connection refused)" in error, error
-        assert elapsed < 20, f"{command[0]} took {elapsed:.1f} s to give up"  # ~3 s of retries + start-up
+        # mmp's retries take ~3 s; MLflow's defaults (7 retries, doubling backoff) take minutes. The bound only
+        # tells the two apart: start-up alone took 30 s on a loaded 2-core machine.
+        assert elapsed < 90, f"{command[0]} took {elapsed:.1f} s to give up"
 
 
 def test_system_check_against_the_server(team: Team) -> None:

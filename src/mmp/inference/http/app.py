@@ -256,6 +256,7 @@ class RequestLog:
                 "ms": round((time.perf_counter() - started) * 1000, 2),
                 "rows": environ.get(ROWS_KEY),
                 "remote": environ.get("REMOTE_ADDR"),
+                "pid": os.getpid(),  # the gunicorn worker that answered
             }
             access_log.info(orjson.dumps(line).decode())
         return body
