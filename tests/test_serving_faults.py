@@ -196,6 +196,24 @@ def test_slow_clients_do_not_starve_the_server(server: Server) -> None:
     assert answers(server) < 10
 
 
+def test_a_kept_alive_connection_is_closed_after_its_quota(server: Server) -> None:
+    """Requests 1-99 on one connection keep it open; the 100th is answered with "Connection: close", so
+    that kept-alive clients spread over the workers again (KEEPALIVE_REQUESTS)."""
+    from mmp.inference.http.server import KEEPALIVE_REQUESTS
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for n in range(1, KEEPALIVE_REQUESTS + 1):
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+            closing = (response.getheader("Connection") or "").lower() == "close"
+            assert closing == (n == KEEPALIVE_REQUESTS), n
+    finally:
+        connection.close()
+    assert answers(server) < 10
+
+
 def chunked_post(server: Server, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:

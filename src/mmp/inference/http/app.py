@@ -189,10 +189,13 @@ def create_app(model_dir: str | Path | None = None, settings: ServeSettings | No
         metrics.count(prediction.labels, regression)
         if metrics.drift is not None:
             records = request.environ.get(RECORDS_KEY)
-            if isinstance(records, dict):  # the dataframe_split fast path: rows only for drift
-                records = protocol.rows_from_mlflow(records)[0]
             values = drift.prediction_values(predictor.task, predictor.classes, prediction.output)[1]
-            metrics.drift.add(records or [], values)
+            if isinstance(records, dict):  # the dataframe_split fast path: its columns as they came
+                split = records["dataframe_split"]
+                columns = zip(*split["data"], strict=True)  # rows of equal length: checked by matrix_from_split
+                metrics.drift.add_columns(dict(zip(split["columns"], columns, strict=True)), values)
+            else:
+                metrics.drift.add(records or [], values)
 
     @app.get("/drift")
     def drift_route() -> Response:

@@ -195,9 +195,17 @@ class DriftWindow:
 
     def add(self, rows: Sequence[Mapping[str, Any]], predicted: Any) -> None:
         """One request's validated rows and the prediction's values (:func:`drift.prediction_values`)."""
-        if not len(rows):
-            return
-        block = self._buckets(rows, predicted)
+        if len(rows) > SMALL_REQUEST:
+            self.add_columns({name: [row.get(name) for row in rows] for name in self.names[:-1]}, predicted)
+        elif len(rows):
+            self._count(self._row_buckets(rows, predicted))
+
+    def add_columns(self, columns: Mapping[str, Sequence[Any]], predicted: Any) -> None:
+        """A request's values column by column (a ``dataframe_split`` body: no row dicts to build)."""
+        if len(predicted):
+            self._count(self._column_buckets(columns, predicted))
+
+    def _count(self, block: np.ndarray) -> None:
         with self._lock:
             self._blocks.append(block)
             self._rows += len(block)
@@ -213,23 +221,26 @@ class DriftWindow:
                 self._rows -= len(gone[-1])
             self._apply(block, gone)
 
-    def _buckets(self, rows: Sequence[Mapping[str, Any]], predicted: Any) -> np.ndarray:
+    def _row_buckets(self, rows: Sequence[Mapping[str, Any]], predicted: Any) -> np.ndarray:
+        """A few values: one bisect or dict lookup each."""
         features = list(zip(self.names[:-1], self.specs[:-1], strict=True))
-        if len(rows) <= SMALL_REQUEST:  # a few values: one bisect or dict lookup each
-            matrix = [
-                [drift.value_bucket(spec, row.get(name)) for name, spec in features]
-                + [drift.value_bucket(self.specs[-1], value)]
-                for row, value in zip(rows, predicted, strict=True)
-            ]
-            return np.asarray(matrix, dtype=np.int64)
+        matrix = [
+            [drift.value_bucket(spec, row.get(name)) for name, spec in features]
+            + [drift.value_bucket(self.specs[-1], value)]
+            for row, value in zip(rows, predicted, strict=True)
+        ]
+        return np.asarray(matrix, dtype=np.int64)
+
+    def _column_buckets(self, columns: Mapping[str, Sequence[Any]], predicted: Any) -> np.ndarray:
         import polars as pl
 
-        columns = []
-        for name, spec in features:
-            series = pl.Series(name, [row.get(name) for row in rows], strict=False)
-            columns.append(drift.spec_buckets(spec, drift.column_values(series, spec["kind"])))
-        columns.append(drift.spec_buckets(self.specs[-1], predicted))
-        return np.stack(columns, axis=1).astype(np.int64)
+        buckets = []
+        for name, spec in zip(self.names[:-1], self.specs[:-1], strict=True):
+            values = columns.get(name)
+            series = pl.Series(name, [None] * len(predicted) if values is None else values, strict=False)
+            buckets.append(drift.spec_buckets(spec, drift.column_values(series, spec["kind"])))
+        buckets.append(drift.spec_buckets(self.specs[-1], predicted))
+        return np.stack(buckets, axis=1).astype(np.int64)
 
     def _apply(self, added: np.ndarray, removed: list[np.ndarray]) -> None:
         """Count the rows ``added`` and uncount those ``removed``; publish only the buckets whose count changed.

@@ -36,6 +36,10 @@ BODY_TIMEOUT = 15.0  # seconds a thread waits for the next bytes of a request bo
 HEAD_BUFFER = 64 * 1024  # a head not complete within this many bytes goes to gunicorn's parser (which answers 400)
 THREADS = 8  # threads per worker: requests in progress at once, in each worker
 INLINE_WRITE_TIMEOUT = 2  # seconds the event loop waits on a client that does not read the answer it asked for
+# Requests on one kept-alive connection before the server closes it (nginx's keepalive_requests). A
+# connection stays with the worker that accepted it, so without this a few clients can all land on one
+# worker and stay there while the others idle; on reconnecting, an idle worker tends to accept first.
+KEEPALIVE_REQUESTS = 100
 _LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n|$)", re.IGNORECASE)
 _STREAMED = re.compile(rb"\r\n(?:transfer-encoding|expect):", re.IGNORECASE)
 
@@ -360,6 +364,12 @@ def _buffered_thread_worker() -> type:
             for conn, deadline in list(self.heads.items()):
                 if deadline <= now or not self.alive:
                     self._drop(conn)
+
+        def handle_request(self, req: Any, conn: Any) -> Any:
+            conn.mmp_served = getattr(conn, "mmp_served", 0) + 1
+            if conn.mmp_served >= KEEPALIVE_REQUESTS:
+                req.must_close = True  # answered with "Connection: close"
+            return super().handle_request(req, conn)
 
         def handle(self, conn: Any) -> Any:  # in a thread
             head = getattr(conn, "mmp_head", None)
