@@ -16,7 +16,7 @@ from mmp.config import load_config
 from mmp.data.preprocessing import Preprocessor
 from mmp.errors import DataError
 from mmp.model.registry import check_model_name, encoding_plan
-from mmp.pipeline.prepare import check_inputs, write_splits
+from mmp.pipeline.prepare import check_inputs, fit_preprocessing, write_splits
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +69,7 @@ def test_streamed_splits_and_state_equal_the_in_memory_ones(root: Path, tmp_path
     for name, part in parts.items():
         assert pl.read_parquet(tmp_path / f"{name}.parquet").equals(part), name
     assert inputs.rows == {name: part.height for name, part in parts.items()}
-    streamed = Preprocessor.fit(
-        pl.scan_parquet(tmp_path / "train.parquet"),
-        target=config.data.target,
-        task=inputs.checked.task,
-        classes=inputs.checked.classes,
-        id_columns=config.data.id_columns,
-        features=inputs.features,
-        categorical_columns=config.data.categorical_columns,
-        plan=encoding_plan(spec, config.recipe.preprocessing),
-    )
+    streamed = fit_preprocessing(config, spec, inputs, tmp_path / "train.parquet")
     assert streamed.to_json() == preprocessor.to_json()
 
 

@@ -143,8 +143,13 @@ def write_prepared(config: Config, spec: ModelSpec, inputs: Inputs, folder: Path
     """The prepare stage's outputs but the manifest, into ``folder``: the split files, then the preprocessing
     fitted on the train split's file (read one column at a time) and its state."""
     write_splits(inputs, folder)
-    Preprocessor.fit(
-        pl.scan_parquet(folder / "train.parquet"),
+    fit_preprocessing(config, spec, inputs, folder / "train.parquet").save(folder / PREPROCESSING_FILE)
+
+
+def fit_preprocessing(config: Config, spec: ModelSpec, inputs: Inputs, train_file: Path) -> Preprocessor:
+    """The preprocessing fitted on the written train split (read one column at a time)."""
+    return Preprocessor.fit(
+        pl.scan_parquet(train_file),
         target=config.data.target,
         task=inputs.checked.task,
         classes=inputs.checked.classes,
@@ -152,7 +157,7 @@ def write_prepared(config: Config, spec: ModelSpec, inputs: Inputs, folder: Path
         features=inputs.features,
         categorical_columns=config.data.categorical_columns,
         plan=encoding_plan(spec, config.recipe.preprocessing),
-    ).save(folder / PREPROCESSING_FILE)
+    )
 
 
 def run_prepare(config: Config, context: tracking.RunContext | None = None) -> StageResult:
