@@ -132,6 +132,32 @@ def test_stage_scripts_hand_their_runs_to_recorders(project: Project, tmp_path: 
     assert {a.path for a in client.list_artifacts(train.info.run_id)} >= {"config.yaml", "metrics.json", "plots"}
 
 
+def test_mmp_train_keeps_its_three_runs_in_one_shared_recorder(project: Project, tmp_path: Path) -> None:
+    """`mmp train` starts one recorder for its three stages: MLflow loads once, in that process, and the
+    command's own process never opens the store. Each stage's mirror is logged while the next stage works."""
+    trace = tmp_path / "train.txt"
+    probe = (
+        "import sys; from mmp.cli import main; code = main(['train']); "
+        f"open({str(trace)!r}, 'w').write(chr(10).join(sys.modules)); sys.exit(code)"
+    )
+    result = project.run(str(BIN / "python"), "-c", probe)
+    modules = set(trace.read_text().split())
+    assert "xgboost" in modules and "mlflow.store.tracking.sqlalchemy_store" not in modules
+    runs = {stage: project.runs(stage) for stage in ("pipeline", "prepare", "train", "explain")}
+    assert {stage: len(found) for stage, found in runs.items()} == dict.fromkeys(runs, 1)
+    (parent,), (prepare,), (train,), (explain,) = runs.values()
+    assert {run.info.status for run in (parent, prepare, train, explain)} == {"FINISHED"}
+    assert {run.data.tags["mlflow.parentRunId"] for run in (prepare, train, explain)} == {parent.info.run_id}
+    assert len({run.data.tags["mmp.owner.pid"] for run in (prepare, train, explain)}) == 1  # one recorder
+    assert train.data.tags["mmp.prepare_run_id"] == prepare.info.run_id
+    assert explain.data.tags["mmp.train_run_id"] == train.info.run_id
+    assert train.data.metrics["test_roc_auc"] >= 0.80
+    assert f"MLflow run id: {train.info.run_id}" in result.stdout
+    assert f"#/experiments/{train.info.experiment_id}/runs" in result.stdout
+    # The run folder's paths are the runs' overrides tag, read from the config (not by composing conf/ again).
+    assert train.data.tags["mmp.overrides"].startswith("paths.prepared_dir=runs/")
+
+
 def test_recorder_can_be_turned_off(project: Project, tmp_path: Path) -> None:
     """MMP_RECORDER=0 (docs/mlflow.md): the stage records its run in its own process."""
     project.env["MMP_RECORDER"] = "0"

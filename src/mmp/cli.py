@@ -80,19 +80,35 @@ def cmd_train(args: argparse.Namespace) -> None:
     Its outputs go to a folder of its own (``runs/<UTC time>-<recipe>-<data>/``), as a sweep job's do, never
     to dvc.yaml's outputs: ``mmp train`` leaves ``git status`` and ``dvc status`` as they were.
     """
-    from mmp import tracking
+    from mmp.pipeline import RECORDER_MODULE
+    from mmp.tracking import recorder
+
+    # One recorder process keeps the three stages' runs in turn: MLflow loads once, on the other core, while
+    # this process composes the config, imports the model library and prepares the data. A recorder per
+    # stage loaded it three times (1.6-1.8x the wall time on titanic), a thread here competed for the GIL.
+    # A process that has MLflow already (a notebook, the tests) records in-process.
+    if "mlflow" not in sys.modules:
+        recorder.launch_early(RECORDER_MODULE, shared=True)
+    try:
+        _train_in_own_folder(args)
+    finally:
+        recorder.discard_unused()  # it holds no run between stages
+
+
+def _train_in_own_folder(args: argparse.Namespace) -> None:
+    from mmp import preload, tracking
     from mmp.explanation.shap import ExplainError
     from mmp.model.registry import check_model_name, check_params
     from mmp.pipeline.explain import run_explain
     from mmp.pipeline.prepare import run_prepare
     from mmp.pipeline.train import run_train
+    from mmp.tracking import recorder
 
-    # The three stages share this process: MLflow loads once, here, on a thread beside the data work. A
-    # recorder process per stage loaded it three times: 1.6-1.8x the wall time on titanic (issue 15).
-    os.environ.setdefault("MMP_RECORDER", "0")
     config = _config_from(args)
     check_params(check_model_name(config.recipe.model.name), config.recipe.model.params, config.seed)
-    config, folder = _own_run_folder(config)
+    # Composed from conf/ and the overrides alone (no -c/-r/-d files): the overrides tag needs no comparison.
+    config, folder = _own_run_folder(config, known_overrides=not (args.config or args.recipe or args.data))
+    preload.start(preload.CHARTS)  # for train and explain: loads while prepare reads and waits for its run
     try:
         with tracking.execution("mmp-train"):  # one pipeline run, the three stage runs its children
             run_prepare(config)
@@ -101,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                 run_explain(config)
             except ExplainError as exc:
                 log.warning("explain skipped: %s", exc)
+            recorder.settle()  # every run logged before this command says it is done
     except BaseException:
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if nothing was written: a stage's outputs are whole or absent
@@ -108,14 +125,18 @@ def cmd_train(args: argparse.Namespace) -> None:
             log.warning("outputs written before the failure are in %s", _shown(folder))
         raise
     print(f"Outputs: {_shown(folder)}/ (prepared data, model, metrics.json, plots, explain)")
-    _print_next_steps(config, result.run_id)
+    _print_next_steps(config, result)
 
 
 RUNS_DIR = "runs"  # `mmp train`'s run folders, git- and DVC-ignored
 
 
-def _own_run_folder(config: Any) -> tuple[Any, Path]:
-    """A new folder ``runs/<UTC time>-<recipe>-<data>[-n]`` and the config with every output path in it."""
+def _own_run_folder(config: Any, known_overrides: bool = False) -> tuple[Any, Path]:
+    """A new folder ``runs/<UTC time>-<recipe>-<data>[-n]`` and the config with every output path in it.
+
+    ``known_overrides``: the config is conf/ with ``config.overrides``; the new paths are added to them, so
+    that the runs' overrides tag is read from the config, not found by composing conf/ again (0.8 s).
+    """
     import dataclasses
     import time
 
@@ -132,9 +153,13 @@ def _own_run_folder(config: Any) -> tuple[Any, Path]:
             folder.mkdir(parents=True)
         except FileExistsError:
             continue
-        config = job_paths(config, relative)  # models, metrics.json, plots, explain
-        paths = dataclasses.replace(config.paths, prepared_dir=(relative / "prepared").as_posix())
-        return dataclasses.replace(config, paths=paths), folder
+        moved = job_paths(config, relative)  # models, metrics.json, plots, explain
+        paths = dataclasses.replace(moved.paths, prepared_dir=(relative / "prepared").as_posix())
+        overrides = config.overrides
+        if known_overrides:
+            before, after = dataclasses.asdict(config.paths), dataclasses.asdict(paths)
+            overrides += tuple(f"paths.{key}={value}" for key, value in after.items() if before[key] != value)
+        return dataclasses.replace(moved, paths=paths, overrides=overrides), folder
     raise MmpError(f"Cannot create a run folder under {config.resolve(RUNS_DIR)}; clean it up")
 
 
@@ -143,17 +168,16 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-def _print_next_steps(config: Any, run_id: str) -> None:
+def _print_next_steps(config: Any, result: Any) -> None:
     from urllib.parse import urlsplit
-
-    import mlflow
 
     from mmp.tracking.store import ui_path
 
+    run_id = result.run_id
     server = "http://127.0.0.1:5000"
     if (parts := urlsplit(config.mlflow.tracking_uri)).scheme in ("http", "https"):  # no credentials in a link
         server = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
-    link = server + ui_path(mlflow.get_run(run_id).info.experiment_id)  # training runs with the metric columns
+    link = server + ui_path(result.experiment_id)  # training runs with the metric columns
     print(f"MLflow run id: {run_id}")
     print("Next:")
     print("  mlflow ui --port 5000                 # then open the runs with their metrics:")
@@ -584,6 +608,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in set(os.environ) - set(saved):
                 del os.environ[name]
             os.environ.update(saved)
+
+
+def console() -> None:
+    """The ``mmp`` command: :func:`main`, then the exit without interpreter teardown that the stage scripts make."""
+    exit_now(main())
 
 
 def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ class StageResult:
     run_id: str
     outputs: list[Path]
     metrics: dict[str, Any]
+    experiment_id: str = ""
 
 
 def load_prepared(config: Config) -> tuple[dict[str, Any], Preprocessor, dict[str, pl.DataFrame]]:

@@ -79,7 +79,7 @@ def run_explain(config: Config, context: tracking.RunContext | None = None) -> S
         tracking.mirror(config, "explain", run, _mirror_explain, extras, [out_dir])
     top = ", ".join(list(importance)[:3])
     log.info("explain: %d rows with %s in %.2fs; top features: %s", len(x), explainer, seconds, top)
-    return StageResult(run.info.run_id, [out_dir], {"mean_abs_shap": importance})
+    return StageResult(run.info.run_id, [out_dir], {"mean_abs_shap": importance}, run.info.experiment_id)
 
 
 def _importance_document(explanation: Any, importance: dict[str, float]) -> dict[str, Any]:

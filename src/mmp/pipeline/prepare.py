@@ -193,7 +193,7 @@ def run_prepare(config: Config, context: tracking.RunContext | None = None) -> S
             write_json_atomic(scratch / MANIFEST_FILE, manifest)
         tracking.mirror(config, "prepare", run, _mirror_prepare, {}, [out_dir])
     log.info("prepare: %s rows -> train %d / valid %d / test %d (%s)", checked.rows, *rows.values(), checked.task)
-    return StageResult(run.info.run_id, [out_dir], {f"rows_{k}": v for k, v in rows.items()})
+    return StageResult(run.info.run_id, [out_dir], {f"rows_{k}": v for k, v in rows.items()}, run.info.experiment_id)
 
 
 def _mirror_prepare(config: Config, run: Any, extras: dict[str, Any]) -> None:

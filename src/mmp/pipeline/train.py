@@ -155,7 +155,7 @@ def run_train(
         by_split["test"].get(primary, float("nan")),
         run.info.run_id,
     )
-    return StageResult(run.info.run_id, [model_dir, metrics_file, plots_dir], by_split)
+    return StageResult(run.info.run_id, [model_dir, metrics_file, plots_dir], by_split, run.info.experiment_id)
 
 
 def _write_evaluation_plots(

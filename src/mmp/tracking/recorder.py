@@ -15,9 +15,10 @@ draws its charts while the model is logged), ``finish`` or ``fail``. The recorde
 :func:`mmp.tracking.stage_run` as an in-process stage does, so the runs are the same either way. If the
 stage process dies, the recorder sees its pipe close and ends the run KILLED.
 
-Stages use one when they run alone in a process that has not loaded MLflow: the stage scripts (so
-``dvc repro`` and ``dvc exp run``). Sweeps and ``mmp train`` (which sets ``MMP_RECORDER=0`` unless it is
-set) keep MLflow in their own process, loaded once for all their stages and jobs.
+Stages use one when they run in a process that has not loaded MLflow: each stage script (so ``dvc repro``
+and ``dvc exp run``) starts its own, and ``mmp train`` starts one *shared* recorder that keeps its three
+stages' runs one after the other (MLflow loads once, on the other core, while the stage imports, composes
+and reads). Sweeps, and a process that has MLflow loaded already (a notebook, the tests), record in-process.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, TYPE_CHECKING, Any
@@ -54,17 +55,20 @@ class RecorderGone(TrackingError):
 class Recorder:
     """The stage's end of the pipe to its recorder process."""
 
-    def __init__(self, process: subprocess.Popen[bytes], replies: IO[bytes], launched_ms: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], replies: IO[bytes], launched_ms: int, shared: bool) -> None:
         self._process, self._replies = process, replies
-        self.launched_ms = launched_ms  # the stage's start: its run's start time
+        self.launched_ms = launched_ms  # the first stage's start: its run's start time
+        self.shared = shared  # it keeps the next stage's run once this one is recorded
         self.closed = False
+        self.owed = 0  # mirrors of a shared recorder whose answers are not read yet (see settle)
 
     @classmethod
-    def launch(cls, entry: str) -> Recorder | None:
+    def launch(cls, entry: str, shared: bool = False) -> Recorder | None:
         """Start a recorder process (``python -m entry``, a module that calls :func:`main` with the stages'
         mirror functions), which loads MLflow and then waits to be told its stage (:meth:`open`).
 
-        None if it cannot start: the stage then records in-process.
+        ``shared``: after a stage's run is recorded, it is handed to the next stage of this process
+        (:func:`for_stage`) instead of being closed. None if it cannot start: the stage then records in-process.
         """
         read_end, write_end = os.pipe()
         package_parent = str(Path(__file__).resolve().parents[1])
@@ -84,10 +88,12 @@ class Recorder:
             return None
         finally:
             os.close(write_end)
-        return cls(process, os.fdopen(read_end, "rb"), launched_ms)
+        return cls(process, os.fdopen(read_end, "rb"), launched_ms, shared)
 
     def open(self, config: Config, stage: str, verbose: bool) -> bool:
         """Tell the recorder its stage and config; False if it has gone (it is then closed)."""
+        from mmp.tracking.tags import execution_id
+
         opening = {
             "config": config.as_dict(),
             "root": str(config.root),
@@ -95,6 +101,8 @@ class Recorder:
             "stage": stage,
             "started_ms": self.launched_ms,
             "verbose": verbose,
+            "execution": execution_id(),  # set after a shared recorder started: it joins the same pipeline run
+            "shared": self.shared,
         }
         try:
             self.send(opening)
@@ -109,7 +117,38 @@ class Recorder:
         return self.receive()
 
     def receive(self) -> dict[str, Any]:
-        """Wait for the answer to the oldest command not yet answered."""
+        """Wait for the answer to the last command, after those of the mirrors still owed (which come first).
+
+        A failed mirror among those is raised once that answer is read, so that the pipe stays in step.
+        """
+        failure = self._read_owed()
+        answer = self._read()
+        if failure is not None:
+            raise failure
+        return answer
+
+    def settle(self) -> None:
+        """Wait for the mirrors still owed: a shared recorder logs a stage while the next one works."""
+        if (failure := self._read_owed()) is not None:
+            raise failure
+
+    def _read_owed(self) -> TrackingError | None:
+        failure = None
+        while self.owed:
+            self.owed -= 1
+            try:
+                answer = _answer(self._read())
+            except TrackingError as exc:
+                failure = failure or exc
+                continue
+            if warning := answer.get("deferred"):
+                if answer.get("fatal"):
+                    failure = failure or TrackingError(warning)
+                else:
+                    log.warning("%s", warning)
+        return failure
+
+    def _read(self) -> dict[str, Any]:
         line = self._replies.readline()
         if not line:
             self.close()
@@ -133,6 +172,15 @@ class Recorder:
         with contextlib.suppress(OSError):
             self._process.kill()
         self.close()
+
+    def release(self) -> None:
+        """The stage's run is recorded: a shared recorder waits for the next stage, any other one is closed."""
+        global _launched
+        if self.shared and not self.closed:
+            self.launched_ms = int(time.time() * 1000)  # the next stage starts as this one ends
+            _launched = self
+        else:
+            self.close()
 
     def close(self) -> None:
         """Close the pipe and reap the recorder, which exits as soon as it has answered."""
@@ -159,19 +207,35 @@ def enabled() -> bool:
     return os.environ.get("MMP_RECORDER") != "0"
 
 
-def launch_early(entry: str) -> None:
-    """Start the recorder as the stage script starts, before its config is composed: it loads MLflow meanwhile."""
+def launch_early(entry: str, shared: bool = False) -> None:
+    """Start the recorder as the command starts, before its config is composed: it loads MLflow meanwhile.
+
+    ``shared``: one recorder for every stage this process runs (``mmp train``), see :meth:`Recorder.launch`.
+    """
     global _launched
     if _launched is None and enabled():
-        _launched = Recorder.launch(entry)
+        _launched = Recorder.launch(entry, shared)
+
+
+def settle() -> None:
+    """Wait until a shared recorder has logged every stage it was given; raise the first mirror that failed."""
+    if _launched is not None:
+        _launched.settle()
 
 
 def discard_unused() -> None:
-    """Stop a recorder started early that no stage has used: it holds no run."""
+    """Stop a recorder started early that no stage has used (it holds no run), or a shared one once it has
+    logged the stages it was given."""
     global _launched
-    if _launched is not None:
-        _launched.kill()
-        _launched = None
+    recorder, _launched = _launched, None
+    if recorder is None:
+        return
+    if recorder.owed:
+        try:
+            recorder.settle()
+        except TrackingError as exc:  # the command is failing already: say it, do not mask its error
+            log.warning("%s", exc)
+    recorder.kill()
 
 
 def for_stage(config: Config, stage: str, entry: str, verbose: bool = False) -> Recorder | None:
@@ -191,6 +255,7 @@ class RecordedRun:
         self._recorder, self._tags = recorder, tags
         self._info: SimpleNamespace | None = None
         self._asked = False  # "start" sent, its answer not read yet
+        self._ended = False  # recorded (mirrored, finished or failed): the recorder is released
 
     @property
     def started(self) -> bool:
@@ -225,23 +290,28 @@ class RecordedRun:
             "outputs": [str(path) for path in outputs],
             "meanwhile": meanwhile is not None,
         }
-        if self._asked:
-            self.start()  # its answer comes first
+        if self._asked or self._recorder.shared:
+            self.start()  # its answer comes first; a shared recorder is not asked about this run again
         if meanwhile is not None:
             self._recorder.send(command)
             meanwhile()  # on failure the run block's end() tells the recorder, which is waiting for "continue"
             command = {"op": "continue"}
+        if self._recorder.shared:  # logged while the next stage works: its answer is read with the next one
+            self._recorder.send(command)
+            self._recorder.owed += 1
+            self._release()
+            return None, False
         try:
             answer = _answer(self._recorder.request(command))
         finally:
-            self._recorder.close()  # the mirror ends the run: the recorder is done
+            self._release()  # the mirror ends the run
         if answer.get("run"):
             self._info = self._info or _run_info(answer)
         return answer.get("deferred"), bool(answer.get("fatal"))
 
     def end(self, exc: BaseException | None) -> None:
         """End the run: FINISHED, or FAILED/KILLED with the error (a no-op once mirrored)."""
-        if self._recorder.closed:
+        if self._ended or self._recorder.closed:
             return
         try:
             if self._asked:
@@ -265,7 +335,11 @@ class RecordedRun:
             if answer.get("run"):
                 self._info = self._info or _run_info(answer)
         finally:
-            self._recorder.close()
+            self._release()
+
+    def _release(self) -> None:
+        self._ended = True
+        self._recorder.release()
 
 
 def _answer(reply: dict[str, Any]) -> dict[str, Any]:
@@ -290,20 +364,38 @@ class _StageStopped(Exception):
 
 
 def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]) -> None:
+    """Record stage runs one after the other, each announced by an opening, until the stage process closes the pipe."""
     for module in ("mlflow", "mlflow.store.tracking.sqlalchemy_store"):
         importlib.import_module(module)
-    from mmp import tracking
-    from mmp.config import from_dict
     from mmp.runtime import setup_logging
+    from mmp.tracking.tags import EXECUTION_ENV
 
-    opening = json.loads(sys.stdin.readline() or "null")
-    if opening is None:
-        return  # the stage stopped before it needed its run (a bad config, say)
-    setup_logging(opening["verbose"])
+    commands = (json.loads(line) for line in sys.stdin)
+    while (opening := next(commands, None)) is not None:
+        setup_logging(opening["verbose"])
+        if opening.get("execution"):
+            os.environ[EXECUTION_ENV] = opening["execution"]
+        if not _record_stage(opening, commands, replies, mirrors):
+            return  # the stage process went away
+
+
+def _config_of(opening: dict[str, Any]) -> Config:
+    from mmp.config import from_dict
+
+    return from_dict(opening["config"], root=Path(opening["root"]), overrides=tuple(opening["overrides"]))
+
+
+def _record_stage(
+    opening: dict[str, Any],
+    commands: Iterator[dict[str, Any]],
+    replies: IO[str],
+    mirrors: Callable[[], Mapping[str, MirrorFunction]],
+) -> bool:
+    """Keep one stage's run, from its first command to its end; False if the stage process went away first."""
+    from mmp import tracking
+
     stage = opening["stage"]
-    config = from_dict(opening["config"], root=Path(opening["root"]), overrides=tuple(opening["overrides"]))
-    if stage == "train":
-        threading.Thread(target=_warm_up_train, args=(config,), name="warm-up", daemon=True).start()
+    config = _config_of(opening)
 
     def reply(message: dict[str, Any]) -> None:
         replies.write(json.dumps(message) + "\n")
@@ -312,10 +404,9 @@ def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]
     def info(run: tracking.StageRun) -> dict[str, Any]:
         return {"run": {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}} if run.started else {}
 
-    commands = (json.loads(line) for line in sys.stdin)
     first = next(commands, None)
     if first is None:
-        return  # the stage stopped before its run block (bad data, say): it has no run
+        return False  # the stage stopped before its run block (bad data, say): it has no run
     deferred, fatal = None, False
     run = None
     try:
@@ -331,6 +422,8 @@ def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]
                         reply({"error": str(exc)})
                         continue
                     reply(info(run))
+                    if stage == "train":  # after the run is created, which the stage may be waiting for
+                        _warm_up_train(config)
                 elif op == "mirror":
                     mirror_fn = mirrors()[stage]
                     outputs = [Path(path) for path in command["outputs"]]
@@ -362,6 +455,7 @@ def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]
         reply({"error": redact(" ".join(str(exc).split())) or type(exc).__name__})
     else:
         reply({**info(run), "deferred": deferred, "fatal": fatal} if run is not None else {})
+    return True
 
 
 def _stopped(command: dict[str, Any]) -> Exception:
@@ -374,10 +468,21 @@ def _stopped(command: dict[str, Any]) -> Exception:
 WARM_UP_NICENESS = 10  # a nice-10 thread gets about a tenth of a core that normal threads keep busy
 
 
+_warming = False
+
+
 def _warm_up_train(config: Config) -> None:
+    """Start, once per recorder, a thread that loads what the train mirror needs besides MLflow (:func:`_warm_up`)."""
+    global _warming
+    if not _warming:
+        _warming = True
+        threading.Thread(target=_warm_up, args=(config,), name="warm-up", daemon=True).start()
+
+
+def _warm_up(config: Config) -> None:
     """Load what the train mirror needs besides MLflow: the pyfunc flavour, MLflow's package map for
-    ``log_model`` (0.6 s), and the model's library, which the mirror loads to predict the signature's
-    example and MLflow loads to check the input example (XGBoost: 1 s).
+    ``log_model`` (0.6 s), and the modules that loading the model imports, for the signature's example and
+    MLflow's check of the input example (scikit-learn's; XGBoost and LightGBM load through their C libraries).
 
     The thread runs WARM_UP_NICENESS steps nicer than the recorder (Linux sets a thread's own nice
     value), so during the fit it takes mostly a core's idle moments. Not SCHED_IDLE: an unprivileged
@@ -393,7 +498,7 @@ def _warm_up_train(config: Config) -> None:
         niceness = min(19, os.getpriority(os.PRIO_PROCESS, thread) + WARM_UP_NICENESS)
         os.setpriority(os.PRIO_PROCESS, thread, niceness)
     spec = check_model_name(config.recipe.model.name)
-    libraries = adapter_for(spec).modules(spec)
+    libraries = adapter_for(spec).load_modules(spec)
     try:
         for module in ("mlflow.pyfunc", "mlflow.models.signature", "mmp.model.pyfunc", *libraries):
             importlib.import_module(module)

@@ -149,8 +149,8 @@ class Adapter:
 
     # ----------------------------------------------------------------- building
 
-    def modules(self, spec: ModelSpec) -> set[str]:
-        """The modules a fit or a load imports (warmed up ahead of need)."""
+    def load_modules(self, spec: ModelSpec) -> set[str]:
+        """The modules that loading a saved model imports (a recorder warms them up before it logs the model)."""
         return {path.split(":")[0] for path in (spec.classifier, spec.regressor) if path}
 
     def known_params(self, spec: ModelSpec, task: str) -> dict[str, Any]:

@@ -61,8 +61,9 @@ def dense_predictor(booster: Any, iteration_range: tuple[int, int]) -> DensePred
 @functools.cache
 def library() -> ctypes.CDLL:
     """libxgboost, found in the installed package's folder without importing the package."""
-    if (core := sys.modules.get("xgboost.core")) is not None:
-        return core._LIB  # type: ignore[attr-defined, no-any-return]
+    # Another thread may be importing the package: its module exists before its _LIB does.
+    if (loaded := getattr(sys.modules.get("xgboost.core"), "_LIB", None)) is not None:
+        return loaded  # type: ignore[no-any-return]
     spec = importlib.util.find_spec("xgboost")
     folders = list(spec.submodule_search_locations or []) if spec else []
     name = _LIBRARY_FILES.get(sys.platform, _LIBRARY_FILES["linux"])
