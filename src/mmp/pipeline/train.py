@@ -192,21 +192,23 @@ def _mirror_train(config: Config, run: Any, extras: dict[str, Any]) -> None:
     manifest = read_json(prepared / MANIFEST_FILE)
     predictor = Predictor.load(prepared / PREPROCESSING_FILE, model_dir)
     test_frame = pl.read_parquet(prepared / "test.parquet", n_rows=5)
-    mlflow.log_metrics({**flat_metrics(read_json(metrics_file)), "fit_seconds": extras["fit_seconds"]})
-    if extras.get("cluster_tags"):  # compute.engine dask: the cluster the model was fitted on
-        mlflow.set_tags(extras["cluster_tags"])
+    metrics = {**flat_metrics(read_json(metrics_file)), "fit_seconds": extras["fit_seconds"]}
+    params: dict[str, Any] = {}
+    curves: dict[str, list[float]] = {}
     if extras["best_iteration"] is not None:
-        mlflow.log_metric("best_iteration", extras["best_iteration"])
+        metrics["best_iteration"] = extras["best_iteration"]
     if decided := extras.get("decisions"):  # the calibration decision, its scores, the threshold
-        mlflow.log_params(decided["params"])
-        mlflow.log_metrics(decided["metrics"])
+        params.update(decided["params"])
+        metrics.update(decided["metrics"])
     for name in extras["folds"][0] if extras.get("folds") else ():  # one step per fold: cv_fold_roc_auc, ...
-        _log_curve(f"cv_fold_{name}", [fold[name] for fold in extras["folds"]])
+        curves[f"cv_fold_{name}"] = [fold[name] for fold in extras["folds"]]
     if extras.get("class_weights"):  # what recipe.class_weight came to, per class
-        mlflow.log_params({f"class_weight_effective.{label}": w for label, w in extras["class_weights"].items()})
+        params.update({f"class_weight_effective.{label}": w for label, w in extras["class_weights"].items()})
     for split, values in extras["history"].items():
         # Per-iteration scores as step metrics: the UI draws them as learning curves.
-        _log_curve(f"{split}_curve_{_curve_metric(predictor.task)}", values)
+        curves[f"{split}_curve_{_curve_metric(predictor.task)}"] = values
+    cluster = extras.get("cluster_tags") or {}  # compute.engine dask: the cluster the model was fitted on
+    tracking.log_batch(run.info.run_id, metrics, curves, params, cluster)
     data_path = data_lib.source_location(config.data, config.root)
     tracking.log_dataset(
         data_path, manifest["data"]["digest"], config.data.name, "training", test_frame.head(5).to_pandas()
@@ -300,15 +302,3 @@ def _cross_validate(
 
 def _curve_metric(task: str) -> str:
     return {"binary": "logloss", "multiclass": "mlogloss", "regression": "rmse"}[task]
-
-
-def _log_curve(name: str, values: list[float]) -> None:
-    import mlflow
-    from mlflow.entities import Metric
-
-    timestamp = int(time.time() * 1000)
-    client = mlflow.MlflowClient()
-    run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
-    metrics = [Metric(name, float(v), timestamp, step) for step, v in enumerate(values)]
-    for start in range(0, len(metrics), 1000):  # the tracking API takes at most 1000 per batch
-        client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)

@@ -404,6 +404,41 @@ def log_late_artifacts(config: Config, extras: dict[str, Any]) -> None:
         mlflow.log_artifacts(str(config.resolve(folder)), artifact_path=artifact_path)
 
 
+def log_batch(
+    run_id: str,
+    metrics: dict[str, float],
+    curves: dict[str, list[float]] | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Metrics, step metrics (``curves``: one step per value, which the UI draws as curves), params and tags
+    of a run in as few store writes as the tracking API allows: each write is a transaction with its own
+    reads of the run (six small writes took 0.4 s of a train mirror on SQLite)."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    points = [Metric(name, float(value), now, 0) for name, value in metrics.items()]
+    points += [
+        Metric(name, float(v), now, step) for name, values in (curves or {}).items() for step, v in enumerate(values)
+    ]
+    settings = [Param(key, str(value)) for key, value in (params or {}).items()]
+    labels = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    client = mlflow.MlflowClient()
+    # At most 1000 entities per write, of which at most 100 params and 100 tags.
+    for start in range(0, max(len(points), 1), 800):
+        first = start == 0
+        client.log_batch(
+            run_id,
+            metrics=points[start : start + 800],
+            params=settings[:100] if first else [],
+            tags=labels[:100] if first else [],
+            synchronous=True,
+        )
+    for start in range(100, max(len(settings), len(labels)), 100):
+        client.log_batch(run_id, params=settings[start : start + 100], tags=labels[start : start + 100])
+
+
 def log_dataset(path: Path | str, digest: str, name: str, context: str, schema_frame: Any = None) -> None:
     """Record a data file (or an object store URL, or a SQL connection URI) as a dataset input of the active run."""
     import mlflow
