@@ -21,6 +21,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ SEARCH_DIR = "recipes/search"
 PARAM_TYPES = ("int", "float", "categorical")
 JOURNAL_FILE = "study.journal"  # the study of a parallel search, when no --storage is given
 ENV_STORAGE = "MMP_TUNE_STORAGE"  # the study's storage URL for workers (it may hold a password: never argv)
+# Set by a search for the local workers it starts before its own set-up: wait for the study, and meanwhile
+# load these modules (comma-separated), which a trial needs.
+ENV_WAIT = "MMP_TUNE_WAIT_FOR_STUDY"
+STUDY_POLL_SECONDS = 0.1
 STUDY_ATTR = "mmp.settings"  # the study's user attribute with what every worker needs
 JOB_ATTR = "mmp.job"  # a trial's user attribute: its sweep job record (status, run id, metrics)
 VALUES_ATTR = "mmp.values"  # a trial's user attribute: the suggested values by full config key
@@ -209,61 +214,69 @@ def run_tune(
     shared = workers > 1 or storage is not None
     storage = storage or (str(folder / JOURNAL_FILE) if shared else None)
     opened = open_storage(storage) if storage else None  # a wrong URL fails here, before any run exists
-    sweep = sweeps.start(config, "tune", folder, redact(command), metric=metric)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with sweeps.parent_guard(sweep):
-        # Prepare once up front (trials only change the model, so they all reuse it); it tells the task.
-        metric = metric or sweeps.default_metric(config, sweeps.prepared_task(sweeps.prepared(config, sweep)))
-        sweep = dataclasses.replace(sweep, metric=metric)
-        if config.cv.folds > 1:  # the train stage's valid metrics are then out-of-fold, over train+valid
-            log.info("cv.folds=%d: trials are ranked by the out-of-fold %s; no pruning", config.cv.folds, metric)
-        direction = space.direction
-        if direction == "auto":
-            direction = "minimize" if sweeps.lower_is_better(metric) else "maximize"
-        study = optuna.create_study(
-            storage=opened,
-            direction=direction,
-            sampler=_sampler(space, space.seed),
-            pruner=_pruner(space),
-            study_name=folder.name,
-        )
-        settings = StudySettings(sweep.parent_run_id, overrides, space, metric, direction, space.n_trials)
-        study.set_user_attr(STUDY_ATTR, settings.to_json())
-        # The first trials are the recipes as they stand (where the space reaches their values): the search
-        # starts from known points, and TPE sees every recipe of the space at least once.
-        firsts = [config, *(load_config(with_recipe(overrides, name), root=root) for name in space.alternatives)]
-        for first in firsts:
-            study.enqueue_trial(recipe_point(first, space))
-        threads = threads or (max(1, _cores() // workers) if workers > 1 else None)
-        if shared:
-            log.info(
-                "study %s: %d worker(s) here; another machine joins with: mmp tune --join %s --storage %s",
-                folder.name,
-                workers,
-                folder.name,
-                redact(storage or ""),
+    threads = threads or (max(1, _cores() // workers) if workers > 1 else None)
+    shares = _shares(trials, workers)
+    # Local workers start now: their start-up (imports, about 5 CPU-s) runs on another core while this
+    # process starts the parent run and prepares the data; they wait for the study it then creates.
+    preloads = _trial_modules(config)
+    helpers = [
+        _start_worker(root, folder.name, storage or "", share, space.seed + k, threads, timeout, preloads)
+        for k, share in enumerate(shares[1:], start=1)
+        if share != 0
+    ]
+    try:
+        sweep = sweeps.start(config, "tune", folder, redact(command), metric=metric)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with sweeps.parent_guard(sweep):
+            # Prepare once up front (trials only change the model, so they all reuse it); it tells the task.
+            metric = metric or sweeps.default_metric(config, sweeps.prepared_task(sweeps.prepared(config, sweep)))
+            sweep = dataclasses.replace(sweep, metric=metric)
+            if config.cv.folds > 1:  # the train stage's valid metrics are then out-of-fold, over train+valid
+                log.info("cv.folds=%d: trials are ranked by the out-of-fold %s; no pruning", config.cv.folds, metric)
+            direction = space.direction
+            if direction == "auto":
+                direction = "minimize" if sweeps.lower_is_better(metric) else "maximize"
+            study = optuna.create_study(
+                storage=opened,
+                direction=direction,
+                sampler=_sampler(space, space.seed),
+                pruner=_pruner(space),
+                study_name=folder.name,
             )
-        shares = _shares(trials, workers)
-        helpers = [
-            _start_worker(root, folder.name, storage or "", share, space.seed + k, threads, timeout)
-            for k, share in enumerate(shares[1:], start=1)
-            if share != 0
-        ]
-        try:
-            if shares[0] != 0:
-                objective = _Objective(
-                    root, overrides, space, sweep, direction, config.recipe.name, threads, shared=shared
+            settings = StudySettings(sweep.parent_run_id, overrides, space, metric, direction, space.n_trials)
+            study.set_user_attr(STUDY_ATTR, settings.to_json())
+            # The first trials are the recipes as they stand (where the space reaches their values): the search
+            # starts from known points, and TPE sees every recipe of the space at least once.
+            firsts = [config, *(load_config(with_recipe(overrides, name), root=root) for name in space.alternatives)]
+            for first in firsts:
+                study.enqueue_trial(recipe_point(first, space))
+            if shared:
+                log.info(
+                    "study %s: %d worker(s) here; another machine joins with: mmp tune --join %s --storage %s",
+                    folder.name,
+                    workers,
+                    folder.name,
+                    redact(storage or ""),
                 )
-                _optimize(study, objective, shares[0], timeout)
-        finally:
-            _wait_for(helpers)
-        jobs, values = study_jobs(study)
-        summary = sweeps.finish(sweep, config, jobs)
-        recipe_file = None
-        if summary.best is not None:
-            recipe_file = write_best_recipe(
-                root, config.recipe.name, values[summary.best.job], space, summary, output, overrides
-            )
+            try:
+                if shares[0] != 0:
+                    objective = _Objective(
+                        root, overrides, space, sweep, direction, config.recipe.name, threads, shared=shared
+                    )
+                    _optimize(study, objective, shares[0], timeout)
+            finally:
+                _wait_for(helpers)
+                helpers = []
+            jobs, values = study_jobs(study)
+            summary = sweeps.finish(sweep, config, jobs)
+            recipe_file = None
+            if summary.best is not None:
+                recipe_file = write_best_recipe(
+                    root, config.recipe.name, values[summary.best.job], space, summary, output, overrides
+                )
+    except BaseException:
+        _stop(helpers)  # before the study is searched: nothing for them to do
+        raise
     params = [values[job.job] for job in summary.jobs]
     commands = use_commands(recipe_file.stem, overrides) if recipe_file else ("", "")
     return TuneResult(summary, folder, recipe_file, params, commands)
@@ -296,6 +309,9 @@ def join_tune(
     _check_workers(1, threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opened = open_storage(storage)
+    preloads = os.environ.pop(ENV_WAIT, None)  # a local worker of a search, started before its study exists
+    if preloads is not None:
+        _await_study(study_name, opened, [module for module in preloads.split(",") if module])
     try:
         found = optuna.load_study(study_name=study_name, storage=opened)
     except KeyError:
@@ -321,6 +337,32 @@ def join_tune(
     )
     _optimize(study, objective, n_trials, timeout)
     return objective.trials_run
+
+
+def _await_study(study_name: str, storage: Any, modules: list[str]) -> None:
+    """Wait until the search that started this worker has created its study and settings, loading the modules
+    a trial needs meanwhile; exit if that search has ended (it stops its workers, or they outlive it)."""
+    import optuna
+
+    from mmp import preload
+
+    preload.start(modules, then=[preload.mlflow_requirements_map])
+    search = os.getppid()
+    while os.getppid() == search:
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        if any(s.study_name == study_name and STUDY_ATTR in s.user_attrs for s in summaries):
+            return
+        time.sleep(STUDY_POLL_SECONDS)
+    raise ConfigError(f"The search that started this worker for study '{study_name}' has ended")
+
+
+def _trial_modules(config: Any) -> list[str]:
+    """What a trial imports at its start and end, besides the pipeline: MLflow, charts, the model's library."""
+    from mmp import preload
+    from mmp.model.registry import adapter_for, check_model_name
+
+    spec = check_model_name(config.recipe.model.name)
+    return [*preload.TRAIN, "mmp.pipeline.train", *sorted(adapter_for(spec).load_modules(spec))]
 
 
 def _optimize(study: Any, objective: _Objective, n_trials: int | None, timeout: float | None) -> None:
@@ -364,15 +406,24 @@ def open_storage(url: str) -> Any:
 
 
 def _start_worker(
-    root: Path, study: str, storage: str, trials: int | None, seed: int, threads: int | None, timeout: float | None
+    root: Path,
+    study: str,
+    storage: str,
+    trials: int | None,
+    seed: int,
+    threads: int | None,
+    timeout: float | None,
+    preloads: list[str],
 ) -> subprocess.Popen:
-    """A local worker: ``mmp tune --join`` in its own process. The storage URL (it may hold a password)
-    goes through the environment, never the command line."""
+    """A local worker: ``mmp tune --join`` in its own process, which waits for the study to exist and loads
+    ``preloads`` meanwhile. The storage URL (it may hold a password) goes through the environment, never the
+    command line."""
     command = [sys.executable, "-m", "mmp.cli", "tune", "--join", study, "--seed", str(seed)]
     command += ["--n-trials", str(trials)] if trials is not None else []
     command += ["--threads", str(threads)] if threads is not None else []
     command += ["--timeout", str(timeout)] if timeout is not None else []
-    return subprocess.Popen(command, cwd=root, env={**os.environ, ENV_STORAGE: storage})
+    env = {**os.environ, ENV_STORAGE: storage, ENV_WAIT: ",".join(preloads)}
+    return subprocess.Popen(command, cwd=root, env=env)
 
 
 def _wait_for(workers: list[subprocess.Popen]) -> None:
@@ -382,12 +433,17 @@ def _wait_for(workers: list[subprocess.Popen]) -> None:
             if worker.wait() != 0:
                 log.error("tune worker %d exited %d; its trials so far are kept", worker.pid, worker.returncode)
     except BaseException:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.terminate()
-        for worker in workers:
-            worker.wait()
+        _stop(workers)
         raise
+
+
+def _stop(workers: list[subprocess.Popen]) -> None:
+    """Stop the local workers by their own PIDs, and reap them."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    for worker in workers:
+        worker.wait()
 
 
 @dataclass(frozen=True)
