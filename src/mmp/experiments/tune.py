@@ -218,7 +218,7 @@ def run_tune(
     shares = _shares(trials, workers)
     # Local workers start now: their start-up (imports, about 5 CPU-s) runs on another core while this
     # process starts the parent run and prepares the data; they wait for the study it then creates.
-    preloads = _trial_modules(config)
+    preloads = _trial_modules(config) if len(shares) > 1 else []
     helpers = [
         _start_worker(root, folder.name, storage or "", share, space.seed + k, threads, timeout, preloads)
         for k, share in enumerate(shares[1:], start=1)
