@@ -3,7 +3,9 @@ file and on a real PostgreSQL server; every trial is a child run of the search's
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +88,20 @@ def test_an_unreachable_storage_is_one_line_and_no_run(project: Project) -> None
     assert joined.stderr.strip() == (
         "mmp: error: --join needs the study's storage: --storage URL (or MMP_TUNE_STORAGE in .env)"
     )
+
+
+def test_a_failed_set_up_stops_the_waiting_workers(project: Project) -> None:
+    """The local workers start before the search prepares its data; when that fails, they stop with it."""
+    result = project.mmp("tune", *FAST, "data.path=data/missing.csv", "--workers", "2", check=False)
+    assert result.returncode != 0
+    *_, line = result.stderr.strip().splitlines()  # the search's log lines, then the error
+    assert line.startswith("mmp: error: Data file") and "missing.csv does not exist" in line
+    assert "Traceback" not in result.stderr  # nor from a worker
+    assert [run.info.status for run in project.runs("tune")] == ["FAILED"]
+    workers = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"--join" in command and (proc / "cwd").resolve() == project.root.resolve():
+                workers.append(proc.name)
+    assert workers == []
