@@ -663,4 +663,4 @@ def stage_main(stage: str, argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console()

@@ -102,7 +102,6 @@ class Recorder:
             "started_ms": self.launched_ms,
             "verbose": verbose,
             "execution": execution_id(),  # set after a shared recorder started: it joins the same pipeline run
-            "shared": self.shared,
         }
         try:
             self.send(opening)
@@ -379,12 +378,6 @@ def _serve(replies: IO[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]
             return  # the stage process went away
 
 
-def _config_of(opening: dict[str, Any]) -> Config:
-    from mmp.config import from_dict
-
-    return from_dict(opening["config"], root=Path(opening["root"]), overrides=tuple(opening["overrides"]))
-
-
 def _record_stage(
     opening: dict[str, Any],
     commands: Iterator[dict[str, Any]],
@@ -393,9 +386,10 @@ def _record_stage(
 ) -> bool:
     """Keep one stage's run, from its first command to its end; False if the stage process went away first."""
     from mmp import tracking
+    from mmp.config import from_dict
 
     stage = opening["stage"]
-    config = _config_of(opening)
+    config = from_dict(opening["config"], root=Path(opening["root"]), overrides=tuple(opening["overrides"]))
 
     def reply(message: dict[str, Any]) -> None:
         replies.write(json.dumps(message) + "\n")
