@@ -47,3 +47,36 @@ def test_bad_recipes_mapping_is_one_line(tmp_path: Path) -> None:
     space.write_text("params:\n  max_depth: {type: int, low: 3, high: 9}\nrecipes:\n  rf-experiment: [max_depth]\n")
     with pytest.raises(ConfigError, match="'recipes' in search space .* maps recipe names to their params"):
         load_space(space)
+
+
+def test_workers_on_demand_stop_at_the_budget_and_skip_a_surplus_trial() -> None:
+    """Workers of a parallel search take trials until the study has its budget. Two workers that ask at the same
+    moment for the last one get two trials: the one numbered past the budget is not run and not summarised."""
+    import optuna
+
+    from mmp.experiments import sweep as sweeps
+    from mmp.experiments.tune import SURPLUS_ATTR, _budget_taken, _Objective, study_jobs
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(REPO / "recipes" / "search" / "xgb-baseline.yaml")
+    sweep = sweeps.Sweep("tune-x", "parent", REPO, "valid_roc_auc")
+
+    def objective(limit: int) -> _Objective:
+        return _Objective(REPO, [], space, sweep, "maximize", "xgb-baseline", shared=True, limit=limit)
+
+    # After each trial, a worker stops once the study has its budget, whoever ran the trials.
+    study = optuna.create_study()
+    study.enqueue_trial({})  # a recipe's first point, waiting: within the budget, so it is run first
+    assert not _budget_taken(study, 1)
+    study.optimize(lambda trial: 0.5, n_trials=10, callbacks=[objective(3).stop_at_limit])
+    assert len(study.trials) == 3
+    assert _budget_taken(study, 3)
+
+    # The surplus trial: asked for after another worker took the last one. It is not run, and the loop stops.
+    surplus = objective(3)
+    study.optimize(surplus, n_trials=10)
+    assert len(study.trials) == 4
+    assert study.trials[3].state.name == "PRUNED"
+    assert study.trials[3].user_attrs[SURPLUS_ATTR] is True
+    assert surplus.trials_run == 0
+    assert 3 not in [job.job for job in study_jobs(study)[0]]

@@ -45,6 +45,8 @@ STUDY_POLL_SECONDS = 0.1
 STUDY_ATTR = "mmp.settings"  # the study's user attribute with what every worker needs
 JOB_ATTR = "mmp.job"  # a trial's user attribute: its sweep job record (status, run id, metrics)
 VALUES_ATTR = "mmp.values"  # a trial's user attribute: the suggested values by full config key
+# A trial's user attribute: asked for after the budget was taken (two workers asked at once), so never run.
+SURPLUS_ATTR = "mmp.surplus"
 THREAD_PARAMS = ("n_jobs", "thread_count", "nthread", "num_threads")  # the libraries' thread-count params
 # Rounds between a trial's reports to a shared study: each report writes to the storage and each pruning check
 # reads the study back (every round: about 0.1 s a round on a journal file here, more than the round itself).
@@ -215,14 +217,14 @@ def run_tune(
     storage = storage or (str(folder / JOURNAL_FILE) if shared else None)
     opened = open_storage(storage) if storage else None  # a wrong URL fails here, before any run exists
     threads = threads or (max(1, _cores() // workers) if workers > 1 else None)
-    shares = _shares(trials, workers)
+    processes = workers if trials is None else min(workers, trials)  # no worker without a trial to run
     # Local workers start now: their start-up (imports, about 5 CPU-s) runs on another core while this
-    # process starts the parent run and prepares the data; they wait for the study it then creates.
-    preloads = _trial_modules(config) if len(shares) > 1 else []
+    # process starts the parent run and prepares the data; they wait for the study it then creates. They take
+    # trials on demand until the study has its budget: a worker whose trials are pruned early does not idle.
+    preloads = _trial_modules(config) if processes > 1 else []
     helpers = [
-        _start_worker(root, folder.name, storage or "", share, space.seed + k, threads, timeout, preloads)
-        for k, share in enumerate(shares[1:], start=1)
-        if share != 0
+        _start_worker(root, folder.name, storage or "", space.seed + k, threads, timeout, preloads)
+        for k in range(1, processes)
     ]
     try:
         sweep = sweeps.start(config, "tune", folder, redact(command), metric=metric)
@@ -243,7 +245,7 @@ def run_tune(
                 pruner=_pruner(space),
                 study_name=folder.name,
             )
-            settings = StudySettings(sweep.parent_run_id, overrides, space, metric, direction, space.n_trials)
+            settings = StudySettings(sweep.parent_run_id, overrides, space, metric, direction, trials)
             study.set_user_attr(STUDY_ATTR, settings.to_json())
             # The first trials are the recipes as they stand (where the space reaches their values): the search
             # starts from known points, and TPE sees every recipe of the space at least once.
@@ -259,11 +261,18 @@ def run_tune(
                     redact(storage or ""),
                 )
             try:
-                if shares[0] != 0:
-                    objective = _Objective(
-                        root, overrides, space, sweep, direction, config.recipe.name, threads, shared=shared
-                    )
-                    _optimize(study, objective, shares[0], timeout)
+                objective = _Objective(
+                    root,
+                    overrides,
+                    space,
+                    sweep,
+                    direction,
+                    config.recipe.name,
+                    threads,
+                    shared=shared,
+                    limit=trials if shared else None,
+                )
+                _optimize(study, objective, None if shared else trials, timeout)
             finally:
                 _wait_for(helpers)
                 helpers = []
@@ -295,7 +304,8 @@ def join_tune(
 
     Everything a trial needs (the overrides, the space, the metric, the parent run) comes from the study's
     user attributes, so a worker on another machine needs only the project checkout, the study's storage and
-    the MLflow store. Without ``n_trials`` or ``timeout`` it runs the trials the search still lacks.
+    the MLflow store. Without ``n_trials`` it takes trials one at a time until the study has the search's
+    budget (or ``timeout`` has passed), as the search's own workers do; with it, exactly that many more.
     """
     import optuna
 
@@ -319,11 +329,10 @@ def join_tune(
     if STUDY_ATTR not in found.user_attrs:
         raise ConfigError(f"Study '{study_name}' was not started by mmp tune; start a search with mmp tune --workers")
     settings = StudySettings.from_json(found.user_attrs[STUDY_ATTR])
-    if n_trials is None and timeout is None:
-        n_trials = max(0, settings.n_trials - len(found.trials))
-        if n_trials == 0:
-            log.info("study %s already has its %d trials; nothing to do", study_name, settings.n_trials)
-            return 0
+    limit = settings.n_trials if n_trials is None else None  # on demand, up to the search's budget
+    if limit is not None and _budget_taken(found, limit):
+        log.info("study %s already has its %d trials; nothing to do", study_name, limit)
+        return 0
     study = optuna.load_study(
         study_name=study_name, storage=opened, sampler=_sampler(settings.space, seed), pruner=_pruner(settings.space)
     )
@@ -333,7 +342,15 @@ def join_tune(
     folder.mkdir(parents=True, exist_ok=True)
     sweep = sweeps.Sweep(study_name, settings.parent_run_id, folder, settings.metric)
     objective = _Objective(
-        root, settings.overrides, settings.space, sweep, settings.direction, config.recipe.name, threads, shared=True
+        root,
+        settings.overrides,
+        settings.space,
+        sweep,
+        settings.direction,
+        config.recipe.name,
+        threads,
+        shared=True,
+        limit=limit,
     )
     _optimize(study, objective, n_trials, timeout)
     return objective.trials_run
@@ -366,7 +383,17 @@ def _trial_modules(config: Any) -> list[str]:
 
 
 def _optimize(study: Any, objective: _Objective, n_trials: int | None, timeout: float | None) -> None:
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(_TrialFailed,))
+    """Run trials: ``n_trials`` of them, or with ``objective.limit``, one at a time until the study has that many
+    (whichever worker ran them), or until ``timeout``."""
+    callbacks = [objective.stop_at_limit] if objective.limit is not None else None
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(_TrialFailed,), callbacks=callbacks)
+
+
+def _budget_taken(study: Any, limit: int) -> bool:
+    """Whether the study's next trial would be past ``limit``: trials are numbered in the order they are asked for,
+    across all workers, and an enqueued (waiting) trial is run before a new one is asked for."""
+    trials = study.get_trials(deepcopy=False)
+    return len(trials) >= limit and not any(t.state.name == "WAITING" and t.number < limit for t in trials)
 
 
 def _check_workers(workers: int, threads: int | None) -> None:
@@ -378,13 +405,6 @@ def _check_workers(workers: int, threads: int | None) -> None:
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _shares(trials: int | None, workers: int) -> list[int | None]:
-    """Each worker's number of trials (None: until the timeout); they add up to ``trials`` exactly."""
-    if trials is None:
-        return [None] * workers
-    return [trials // workers + (1 if k < trials % workers else 0) for k in range(workers)]
 
 
 def open_storage(url: str) -> Any:
@@ -409,7 +429,6 @@ def _start_worker(
     root: Path,
     study: str,
     storage: str,
-    trials: int | None,
     seed: int,
     threads: int | None,
     timeout: float | None,
@@ -421,7 +440,6 @@ def _start_worker(
     # ``python -m mmp.cli`` exits as the ``mmp`` command does, without the interpreter's teardown (1.7 s with
     # MLflow, LightGBM and the charts loaded, that the search would wait for).
     command = [sys.executable, "-m", "mmp.cli", "tune", "--join", study, "--seed", str(seed)]
-    command += ["--n-trials", str(trials)] if trials is not None else []
     command += ["--threads", str(threads)] if threads is not None else []
     command += ["--timeout", str(timeout)] if timeout is not None else []
     env = {**os.environ, ENV_STORAGE: storage, ENV_WAIT: ",".join(preloads)}
@@ -457,7 +475,7 @@ class StudySettings:
     space: SearchSpace
     metric: str
     direction: str
-    n_trials: int
+    n_trials: int | None  # None: the search is bounded by its timeout alone
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -480,8 +498,8 @@ def study_jobs(study: Any) -> tuple[list[sweeps.JobResult], dict[int, dict[str, 
     for trial in study.get_trials(deepcopy=False):
         record = trial.user_attrs.get(JOB_ATTR)
         if record is None:
-            if trial.state.name == "WAITING":  # a recipe's first point, enqueued, never run: the budget ended first
-                continue
+            if trial.state.name == "WAITING" or SURPLUS_ATTR in trial.user_attrs:
+                continue  # a recipe's first point, enqueued, or a trial asked for at once by two: the budget ended
             if trial.state.name == "RUNNING":
                 log.warning("trial %d is still running in another worker; it is left out of the summary", trial.number)
                 continue
@@ -555,16 +573,28 @@ class _Objective:
         threads: int | None = None,
         *,
         shared: bool = False,
+        limit: int | None = None,
     ):
         self.root, self.overrides, self.space, self.sweep, self.direction = root, overrides, space, sweep, direction
+        self.limit = limit  # trials on demand: stop once the study has this many
         self.recipe = recipe  # the searched recipe; space.alternatives may offer others
         self.report_every = SHARED_REPORT_EVERY if shared else 1
         self.fixed = [*overrides, *_thread_overrides(root, overrides, threads)]
         self.trials_run = 0  # by this process (other workers add trials to the same study)
 
+    def stop_at_limit(self, study: Any, _trial: Any) -> None:
+        """After each trial: stop asking for more once the study has its budget (``limit``)."""
+        if self.limit is not None and _budget_taken(study, self.limit):
+            study.stop()
+
     def __call__(self, trial: Any) -> float:
         import optuna
 
+        if self.limit is not None and trial.number >= self.limit:
+            # Another worker asked for the budget's last trial at the same moment: this one is not run.
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            trial.study.stop()
+            raise optuna.TrialPruned(f"trial {trial.number} is past the search's {self.limit} trials")
         self.trials_run += 1
         fixed, dimensions, prefix, chosen = self.fixed, self.space.dimensions, "", {}
         if self.space.alternatives:  # which recipe first; then that recipe's own dimensions
