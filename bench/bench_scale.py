@@ -8,6 +8,9 @@ Each side runs in its own process, measured by GNU time (peak RSS of the process
 - ``read_csv``: ``polars.read_csv`` of the file, eager (the RSS baseline);
 - ``read+split``: the same read, then mmp's split of the whole frame (the wall-time baseline: what the
   prepare stage did before it streamed, without its checks and writes);
+- ``read+split+write``: the same, then each split written as prepare writes it (uncompressed Parquet): the
+  eager prepare's data work like for like, reported beside the target (the streaming stage must write
+  what the wall-time baseline does not);
 - ``prepare``: the prepare stage's data work as it runs (``read_inputs`` and ``write_prepared``): a pass that
   reads the target column (the task, the split) while a thread hashes the file, one pass that parses the
   whole file and writes the three splits (``sink_parquet`` partitioned by a split code), the feature checks
@@ -46,6 +49,11 @@ _EAGER = textwrap.dedent(
         from mmp.config import SplitConfig
         from mmp.data import split
         parts = split(frame, "target", "binary", SplitConfig(), 42)
+    if sys.argv[2] == "write":
+        from mmp.config import SplitConfig
+        from mmp.data import split
+        for name, part in split(frame, "target", "binary", SplitConfig(), 42).items():
+            part.write_parquet(f"{sys.argv[3]}/{name}.parquet", compression="uncompressed")
     """
 )
 
@@ -102,9 +110,11 @@ def measure(rows: int, project: Path) -> dict[str, Any]:
     sides = {
         "read_csv": [PYTHON, "-c", _EAGER, str(path), "read"],
         "read+split": [PYTHON, "-c", _EAGER, str(path), "split"],
+        "read+split+write": [PYTHON, "-c", _EAGER, str(path), "write", str(project / "prepared")],
         "prepare": [PYTHON, "-c", _PREPARE, str(project), str(project / "prepared")],
     }
     result: dict[str, Any] = {"rows": rows, "file_mb": round(path.stat().st_size / 1e6, 1)}
+    (project / "prepared").mkdir(exist_ok=True)
     for name, cmd in sides.items():
         say(f"scale: {rows:,} rows, {name}")
         log_path = project / f"{name}.log"
@@ -118,8 +128,10 @@ def measure(rows: int, project: Path) -> dict[str, Any]:
             "others_cores": round(measured.background_cpu_seconds / measured.seconds, 2),
         }
         shutil.rmtree(project / "prepared", ignore_errors=True)
+        (project / "prepared").mkdir()
     result["rss_ratio"] = round(result["prepare"]["peak_rss_mb"] / result["read_csv"]["peak_rss_mb"], 3)
     result["wall_ratio"] = round(result["prepare"]["wall_s"] / result["read+split"]["wall_s"], 3)
+    result["wall_ratio_with_writes"] = round(result["prepare"]["wall_s"] / result["read+split+write"]["wall_s"], 3)
     return result
 
 
@@ -163,8 +175,9 @@ def table(result: dict[str, Any]) -> list[list[str]]:
 
 def details(result: dict[str, Any]) -> str:
     """The curve: RSS and wall time of each side against the row count."""
-    sides = ("read_csv", "read+split", "prepare")
-    header = ["rows", "CSV MB", *(f"{side} RSS / wall / CPU (others)" for side in sides), "RSS, wall ratio"]
+    sides = ("read_csv", "read+split", "read+split+write", "prepare")
+    header = ["rows", "CSV MB", *(f"{side} RSS / wall / CPU (others)" for side in sides)]
+    header.append("RSS ratio, wall ratio (vs read+split; vs read+split+write)")
     lines = []
     for point in result["curve"]:
         cells = [
@@ -172,7 +185,7 @@ def details(result: dict[str, Any]) -> str:
             f"({point[s]['others_cores']:.1f})"
             for s in sides
         ]
-        ratios = f"{point['rss_ratio']:.2f}x, {point['wall_ratio']:.2f}x"
+        ratios = f"{point['rss_ratio']:.2f}x, {point['wall_ratio']:.2f}x; {point['wall_ratio_with_writes']:.2f}x"
         lines.append([f"{point['rows']:,}", f"{point['file_mb']:.0f}", *cells, ratios])
     return markdown_table(lines, header)
 
