@@ -374,12 +374,12 @@ def _await_study(study_name: str, storage: Any, modules: list[str]) -> None:
 
 
 def _trial_modules(config: Any) -> list[str]:
-    """What a trial imports at its start and end, besides the pipeline: MLflow, charts, the model's library."""
+    """What a trial imports at its start and end, besides the pipeline: MLflow, charts, the model's library (its
+    classes' modules: a trial fits, so it needs more than loading a saved model does)."""
     from mmp import preload
-    from mmp.model.registry import adapter_for, check_model_name
+    from mmp.model.registry import check_model_name
 
-    spec = check_model_name(config.recipe.model.name)
-    return [*preload.TRAIN, "mmp.pipeline.train", *sorted(adapter_for(spec).load_modules(spec))]
+    return [*preload.TRAIN, "mmp.pipeline.train", *check_model_name(config.recipe.model.name).class_modules]
 
 
 def _optimize(study: Any, objective: _Objective, n_trials: int | None, timeout: float | None) -> None:

@@ -29,6 +29,11 @@ class ModelSpec:
     regressor_only: tuple[str, ...] = ()
     fixed: dict[str, Any] = field(default_factory=dict)  # parameters mmp always sets
 
+    @property
+    def class_modules(self) -> list[str]:
+        """The modules of the library's classes: what building (and fitting) one imports."""
+        return [path.split(":")[0] for path in (self.classifier, self.regressor) if path]
+
 
 @dataclass
 class FitData:

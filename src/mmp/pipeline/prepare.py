@@ -131,7 +131,7 @@ def read_inputs(config: Config, spec: ModelSpec) -> tuple[Inputs, str]:
     :func:`write_splits` checks), and the data file's digest computed on a thread meanwhile: hashing and
     Polars both leave the GIL. The model's library is imported on another thread meanwhile (the task check
     after this pass needs it: seconds that would otherwise come after the read)."""
-    preload.start([path.split(":")[0] for path in (spec.classifier, spec.regressor) if path])
+    preload.start(spec.class_modules)
     path = data_lib.input_file(config.data, config.root)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest") as pool:
         digest = pool.submit(data_lib.file_digest, path) if path.is_file() else None

@@ -151,7 +151,7 @@ class Adapter:
 
     def load_modules(self, spec: ModelSpec) -> set[str]:
         """The modules that loading a saved model imports (a recorder warms them up before it logs the model)."""
-        return {path.split(":")[0] for path in (spec.classifier, spec.regressor) if path}
+        return set(spec.class_modules)
 
     def known_params(self, spec: ModelSpec, task: str) -> dict[str, Any]:
         """Parameter name -> default value, for the library class."""
