@@ -241,7 +241,7 @@ def run_tune(
             study = optuna.create_study(
                 storage=opened,
                 direction=direction,
-                sampler=_sampler(space, space.seed),
+                sampler=_sampler(space, space.seed, shared=shared),
                 pruner=_pruner(space),
                 study_name=folder.name,
             )
@@ -333,9 +333,8 @@ def join_tune(
     if limit is not None and _budget_taken(found, limit):
         log.info("study %s already has its %d trials; nothing to do", study_name, limit)
         return 0
-    study = optuna.load_study(
-        study_name=study_name, storage=opened, sampler=_sampler(settings.space, seed), pruner=_pruner(settings.space)
-    )
+    sampler, pruner = _sampler(settings.space, seed, shared=True), _pruner(settings.space)
+    study = optuna.load_study(study_name=study_name, storage=opened, sampler=sampler, pruner=pruner)
     config = load_config(settings.overrides, root=root)
     tracking.setup(config)
     folder = root / sweeps.SWEEPS_DIR / study_name
@@ -537,10 +536,12 @@ def _between(value: Any, dim: Dimension) -> bool:
     return number and dim.low <= value <= dim.high and (dim.type == "float" or float(value).is_integer())  # type: ignore[operator]
 
 
-def _sampler(space: SearchSpace, seed: int | None) -> Any:
+def _sampler(space: SearchSpace, seed: int | None, *, shared: bool = False) -> Any:
+    """TPE, seeded. On a shared study, the trials other workers are running count as bad results
+    (``constant_liar``, Optuna's advice for parallel searches): workers do not propose the same region at once."""
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.startup_trials, constant_liar=shared)
 
 
 def _pruner(space: SearchSpace) -> Any:
