@@ -219,3 +219,28 @@ def test_s3_parquet_and_csv_are_read_with_credentials_from_the_environment(
     (dataset,) = project.runs("prepare")[0].inputs.dataset_inputs
     assert json.loads(dataset.dataset.source)["uri"] == url and dataset.dataset.source_type == "s3"
     assert s3_server.secret_key not in (project.root / "mlflow.db").read_bytes().decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    ("url", "credentials"),
+    [
+        ("gs://mmp-no-bucket/t.parquet", "GOOGLE_APPLICATION_CREDENTIALS, the path of a service account key file"),
+        ("az://mmp-no-container/titanic.csv", "AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY"),
+    ],
+)
+def test_google_and_azure_urls_without_credentials_are_one_line_naming_theirs(
+    url: str, credentials: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gs:// and az:// take the s3:// path (Polars' cloud reader). No emulator of either store installs here, so
+    this checks the way in and its errors, which fail before any request: a key file that does not exist, no
+    account name. (Polars asks google-auth for Google's credentials; its error is a DataError too.)"""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
+    for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config([f"data.path={url}"], root=REPO)
+    assert data_lib.source_location(config.data, config.root) == url
+    with pytest.raises(DataError) as failure:
+        data_lib.input_file(config.data, config.root)
+    message = str(failure.value)
+    assert message.startswith(f"Data file {url} cannot be read (") and "\n" not in message
+    assert message.endswith(f"(e.g. {credentials})")

@@ -22,6 +22,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import polars as pl
@@ -34,6 +35,15 @@ from mmp.redaction import redact, remember_secret
 
 # The URL schemes Polars' cloud reader takes (object_store): S3, Google Cloud Storage, Azure.
 REMOTE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "adl://")
+# Where each store's credentials come from: named in the error when an object cannot be read. Polars asks
+# google-auth (Application Default Credentials) for Google Cloud Storage when it is installed.
+_CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS, the path of a service account key file",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY",
+}
+# Besides Polars' own errors, its credential providers raise their SDK's (google-auth, azure-identity, boto3).
+_STORE_ERROR_PACKAGES = ("google", "azure", "botocore", "boto3")
 SNAPSHOT_FORMAT = ".parquet"
 
 
@@ -97,7 +107,9 @@ def write_snapshot(data: DataConfig, root: Path, dest: Path) -> Path:
         frame = scan_source(data, root)
         try:
             frame.sink_parquet(fresh)
-        except (OSError, pl.exceptions.PolarsError) as exc:
+        except Exception as exc:
+            if not _is_store_error(exc):
+                raise
             raise DataError(redact(f"{describe(data, root)} cannot be read ({_reason(exc)}); {_fix(data)}")) from None
         if dest.is_file() and _same_content(dest, fresh):
             return dest
@@ -117,23 +129,38 @@ def scan_source(data: DataConfig, root: Path) -> pl.LazyFrame:
 def scan_remote(url: str) -> pl.LazyFrame:
     """A CSV or Parquet object, scanned lazily by Polars' cloud reader (credentials from the environment)."""
     suffix = Path(url.split("?")[0]).suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        raise DataError(f"Data file {redact(url)} has an unknown format '{suffix}'; use .csv or .parquet")
     try:
-        if suffix in (".parquet", ".pq"):
-            frame = pl.scan_parquet(url)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            frame = pl.scan_csv(url, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000)
-        else:
-            raise DataError(f"Data file {redact(url)} has an unknown format '{suffix}'; use .csv or .parquet")
-        frame.collect_schema()  # reaches the store: a missing object or a refused key fails here
-    except (OSError, pl.exceptions.PolarsError) as exc:
+        with warnings.catch_warnings():
+            # Polars warns when AWS_REGION is unset and asks the bucket for it: noise around a one-line error.
+            warnings.filterwarnings("ignore", message=".*region' not set", category=UserWarning)
+            if suffix in (".parquet", ".pq"):
+                frame = pl.scan_parquet(url)
+            else:
+                frame = pl.scan_csv(url, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000)
+            frame.collect_schema()  # reaches the store: a missing object or a refused key fails here
+    except Exception as exc:
+        if not _is_store_error(exc):
+            raise
         raise DataError(
             redact(
                 f"Data file {url} cannot be read ({_reason(exc)}); check the URL and the store's credentials "
-                "and endpoint in the environment or .env (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                "AWS_ENDPOINT_URL)"
+                f"and endpoint in the environment or .env (e.g. {_credentials(url)})"
             )
         ) from None
     return frame
+
+
+def _credentials(url: str) -> str:
+    scheme = url.split("://")[0].lower()
+    kind = "gs" if scheme in ("gs", "gcs") else "az" if scheme in ("az", "abfs", "abfss", "adl") else "s3"
+    return _CREDENTIALS[kind]
+
+
+def _is_store_error(exc: Exception) -> bool:
+    package = type(exc).__module__.split(".")[0]
+    return isinstance(exc, OSError | pl.exceptions.PolarsError) or package in _STORE_ERROR_PACKAGES
 
 
 def connection_uri(data: DataConfig, root: Path | None = None) -> str:
@@ -188,7 +215,7 @@ def describe(data: DataConfig, root: Path) -> str:
 def _fix(data: DataConfig) -> str:
     if data.source == "sql":
         return "check the connection URI, its password (.env) and the query"
-    return "check the URL and the store's credentials in the environment or .env"
+    return f"check the URL and the store's credentials in the environment or .env ({_credentials(str(data.path))})"
 
 
 def _adbc_uri(uri: str) -> str:
