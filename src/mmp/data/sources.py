@@ -6,7 +6,7 @@ digest is the data's, DVC can hash it, and no stage holds a connection open.
 
 Object stores are read lazily by Polars' own cloud reader, configured from the environment as Polars reads
 it (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``;
-``GOOGLE_SERVICE_ACCOUNT``; ``AZURE_STORAGE_ACCOUNT_NAME``, ``AZURE_STORAGE_ACCOUNT_KEY``, ...).
+``GOOGLE_APPLICATION_CREDENTIALS``; ``AZURE_STORAGE_ACCOUNT_NAME``, ``AZURE_STORAGE_ACCOUNT_KEY``, ...).
 
 SQL goes through Polars' database reader with ADBC drivers: they bind the query's parameters in the driver
 (``$1`` for PostgreSQL, ``?`` for SQLite) and hand Arrow batches to Polars without a Python row loop.
