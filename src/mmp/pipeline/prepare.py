@@ -18,7 +18,7 @@ from mmp.data.preprocessing import Preprocessor
 from mmp.files import read_json, staged_dir, write_json_atomic
 from mmp.model import distributed
 from mmp.model.predictor import PREPROCESSING_FILE
-from mmp.model.registry import check_model_name, encoding_plan, resolve_params
+from mmp.model.registry import check_model_name, class_name, encoding_plan
 from mmp.model.spec import ModelSpec
 from mmp.pipeline import RECORDER_MODULE
 from mmp.pipeline.common import CONFIG_ARTIFACT, MANIFEST_FILE, StageResult
@@ -78,7 +78,9 @@ def check_inputs(config: Config, spec: ModelSpec | None = None, *, columns: bool
         checked = data_lib.scan_keys(data_lib.scan_checked(data_cfg, path), data_cfg, config.recipe.task, keys)
         if columns:
             data_lib.check_columns(checked.frame, data_cfg, checked.rows)
-    resolve_params(spec, checked.task, config.recipe.model.params, config.seed)  # the model can do this task
+    # The model can do the data's task. Its hyperparameters are the train stage's to check (`mmp train` and
+    # `mmp validate` check them first): that check imports the model's library, seconds this stage never uses.
+    class_name(spec, checked.task)
     if any(c not in checked.keys.columns for c in keys):  # split's own error, naming the file's columns
         data_lib.split(checked.frame.clear().collect(), data_cfg.target, checked.task, config.split, config.seed)
     # The split sees the key columns only: the same assignment as over the whole frame, for the same seed.
@@ -129,9 +131,7 @@ def _sink_splits(inputs: Inputs, folder: Path) -> None:
 def read_inputs(config: Config, spec: ModelSpec) -> tuple[Inputs, str]:
     """The prepare stage's first pass (:func:`check_inputs` without the feature columns, which
     :func:`write_splits` checks), and the data file's digest computed on a thread meanwhile: hashing and
-    Polars both leave the GIL. The model's library is imported on another thread meanwhile (the task check
-    after this pass needs it: seconds that would otherwise come after the read)."""
-    preload.start(spec.class_modules)
+    Polars both leave the GIL."""
     path = data_lib.input_file(config.data, config.root)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest") as pool:
         digest = pool.submit(data_lib.file_digest, path) if path.is_file() else None
