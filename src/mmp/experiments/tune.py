@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmp import tracking
+from mmp import preload, tracking
 from mmp.config import compose, dump_yaml, load_config, project_root, read_yaml, tracking_root
 from mmp.errors import ConfigError, MmpError, Pruned
 from mmp.experiments import sweep as sweeps
@@ -221,11 +221,12 @@ def run_tune(
     # Local workers start now: their start-up (imports, about 5 CPU-s) runs on another core while this
     # process starts the parent run and prepares the data; they wait for the study it then creates. They take
     # trials on demand until the study has its budget: a worker whose trials are pruned early does not idle.
-    preloads = _trial_modules(config) if processes > 1 else []
+    modules = _trial_modules(config)
     helpers = [
-        _start_worker(root, folder.name, storage or "", space.seed + k, threads, timeout, preloads)
+        _start_worker(root, folder.name, storage or "", space.seed + k, threads, timeout, modules)
         for k in range(1, processes)
     ]
+    preload.start(modules)  # this process runs trials too: they load on a thread while it sets up
     try:
         sweep = sweeps.start(config, "tune", folder, redact(command), metric=metric)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -360,8 +361,6 @@ def _await_study(study_name: str, storage: Any, modules: list[str]) -> None:
     a trial needs meanwhile; exit if that search has ended (it stops its workers, or they outlive it)."""
     import optuna
 
-    from mmp import preload
-
     preload.start(modules, then=[preload.mlflow_requirements_map])
     search = os.getppid()
     while os.getppid() == search:
@@ -375,7 +374,6 @@ def _await_study(study_name: str, storage: Any, modules: list[str]) -> None:
 def _trial_modules(config: Any) -> list[str]:
     """What a trial imports at its start and end, besides the pipeline: MLflow, charts, the model's library (its
     classes' modules: a trial fits, so it needs more than loading a saved model does)."""
-    from mmp import preload
     from mmp.model.registry import check_model_name
 
     return [*preload.TRAIN, "mmp.pipeline.train", *check_model_name(config.recipe.model.name).class_modules]
