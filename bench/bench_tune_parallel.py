@@ -106,8 +106,7 @@ def table(result: dict[str, Any]) -> list[list[str]]:
     cpu, others = result["cpu_s"], result["background_cpu_s"]
     return [
         [
-            f"mmp tune, {result['workers']} workers, {result['trials']} trials on demand, 1 thread "
-            f"({result['data']})",
+            f"mmp tune, {result['workers']} workers, {result['trials']} trials on demand, 1 thread ({result['data']})",
             f"{medians['parallel']:.1f} s",
             f"{medians['sequential']:.1f} s ({result['trials']} trials in a row, 1 thread); CPU-s "
             f"{cpu['parallel'][0]:.0f} vs {cpu['sequential'][0]:.0f}, others' CPU-s meanwhile "
