@@ -12,10 +12,16 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import BIN, Project
 from mmp.config import load_config
 from mmp.errors import DataError
 from mmp.tracking.recorder import RecordedRun, Recorder, for_stage
+
+# Every test here starts recorder processes and stage scripts (about 70 s in all): not make test-fast's
+# in-process unit tests. make test runs them.
+pytestmark = pytest.mark.slow
 
 STAGE_THAT_DIES = """
 import sys, time
