@@ -33,13 +33,13 @@ Items (``--only``; all by default). Each repetition runs every selected item onc
               the first minus the second. Per repetition, the mean over the jobs after the first (the first
               also pays the sweep's one-off imports, a per-sweep cost reported apart with the parent run,
               summary and process start-up). Target <= 0.5 s per job.
-  million     opt-in (``--only million``; about 1 min a pair on a quiet machine): ``mmp train`` on
+  million     opt-in (``--only million``; about 1.5 min a pair on a quiet machine): ``mmp train`` on
               bench/make_data.py's 1,000,000-row synthetic set, explain included (its default 2,000-row
               sample), against ``bench_loop.py --plain-explain``: plain_xgboost.py's prepare + train, then
               XGBoost's ``pred_contribs`` on 2,000 seeded test rows. Wall and peak RSS of the whole process
-              tree (the recorder included), pair by pair. Targets <= 1.25x wall, <= 1.5x peak RSS. Not here: the
-              ``lgbm-tuned`` variant (no plain LightGBM script yet) and the stages-only 1M target
-              (bench_pipeline.py).
+              tree (the recorder included), pair by pair. Targets <= 1.25x wall, <= 1.5x peak RSS.
+  million_lgbm  opt-in: the same with ``recipe=lgbm-tuned`` against plain_lightgbm.py and LightGBM's
+              ``pred_contrib`` (target <= 1.25x wall). Not here: the stages-only 1M target (bench_pipeline.py).
 
 Pairing: mmp_train, dvc_repro and dvc_exp each run right next to a plain run of their own (plain first in
 even repetitions, second in odd ones); the recorder's two sides likewise. A ratio is computed pair by pair
@@ -94,7 +94,9 @@ PAIRED: dict[str, tuple[str, list[str], float]] = {
     "dvc_exp": ("`dvc exp run -S recipe=lgbm-tuned` (3 stages)", [DVC, "exp", "run", "-S", "recipe=lgbm-tuned"], 3.5),
 }
 ITEMS = (*PAIRED, "recorder", "explain", "sweep_job")
-OPT_IN = ("million",)  # run only when named in --only
+OPT_IN = ("million", "million_lgbm")  # run only when named in --only
+# The 1M-row items: the recipe mmp trains, and the plain script of its library (bench/plain_<library>.py).
+MILLION = {"million": ("xgb-baseline", "xgboost"), "million_lgbm": ("lgbm-tuned", "lightgbm")}
 MILLION_ROWS = 1_000_000
 MILLION_TARGETS = {"wall": 1.25, "rss": 1.5}
 SHAP_ROWS = 2_000  # conf/explain's default sample_size
@@ -193,12 +195,14 @@ def run_sweep(project: Path, env: dict[str, str], rep: int) -> dict[str, Any]:
     }
 
 
-def plain_explain(data: Path, out: Path) -> dict[str, Any]:
-    """plain_xgboost.py's prepare + train, then ``pred_contribs`` on a seeded 2,000-row sample of its test split."""
+def plain_explain(data: Path, out: Path, library: str = "xgboost") -> dict[str, Any]:
+    """The plain script of ``library`` (prepare + train), then the library's own exact SHAP (XGBoost's
+    ``pred_contribs``, LightGBM's ``pred_contrib``) on a seeded 2,000-row sample of its test split."""
+    import importlib
+
     import numpy as np
     import plain_xgboost
     import polars as pl
-    import xgboost
 
     encoding: dict[str, Any] = {}
     encode = plain_xgboost.encoder
@@ -208,14 +212,22 @@ def plain_explain(data: Path, out: Path) -> dict[str, Any]:
         return encoding["exprs"], encoding["types"]
 
     plain_xgboost.encoder = keep_encoding  # the same codes for the sample, without fitting them again
-    result = plain_xgboost.run(data, out, "target", ["id"])
+    result = importlib.import_module(f"plain_{library}").run(data, out, "target", ["id"])
     test = pl.read_parquet(out / "test.parquet")
     sample = test.sample(n=min(SHAP_ROWS, test.height), seed=plain_xgboost.SEED, shuffle=True)
     x = sample.select(encoding["exprs"]).to_numpy().astype(np.float32, copy=False)
-    booster = xgboost.Booster(model_file=out / "model.ubj")
-    matrix = xgboost.DMatrix(x, feature_types=encoding["types"], enable_categorical=True)
     best = result["best_iteration"]
-    contributions = booster.predict(matrix, pred_contribs=True, iteration_range=(0, best + 1))
+    if library == "lightgbm":
+        import lightgbm
+
+        booster = lightgbm.Booster(model_file=str(out / "model.txt"))
+        contributions = booster.predict(x, pred_contrib=True, num_iteration=best)
+    else:
+        import xgboost
+
+        booster = xgboost.Booster(model_file=out / "model.ubj")
+        matrix = xgboost.DMatrix(x, feature_types=encoding["types"], enable_categorical=True)
+        contributions = booster.predict(matrix, pred_contribs=True, iteration_range=(0, best + 1))
     return {**result, "shap_rows": len(x), "shap_shape": list(contributions.shape)}
 
 
@@ -229,17 +241,19 @@ def measure_tree(cmd: Sequence[str], cwd: Path, env: dict[str, str], name: str) 
     return measured.seconds, measured.peak_rss_mb
 
 
-def run_million(project: Path, scratch: Path, env: dict[str, str], reps: int) -> dict[str, Any]:
-    """``mmp train`` on 1M synthetic rows, explain included, against the plain script with pred_contribs."""
+def run_million(project: Path, scratch: Path, env: dict[str, str], reps: int, item: str) -> dict[str, Any]:
+    """``mmp train`` on 1M synthetic rows, explain included, against the plain script with the library's SHAP."""
+    recipe, library = MILLION[item]
     csv_path = make_data.ensure(make_data.Options(rows=MILLION_ROWS))
-    mmp_cmd = [MMP, "train", *synthetic_overrides(csv_path), f"explain.sample_size={SHAP_ROWS}"]
+    mmp_cmd = [MMP, "train", f"recipe={recipe}", *synthetic_overrides(csv_path), f"explain.sample_size={SHAP_ROWS}"]
     plain_cmd = [PYTHON, str(Path(__file__).resolve()), "--plain-explain", str(csv_path), str(scratch / "plain1m")]
+    plain_cmd += ["--library", library]
     sides: dict[str, list[tuple[float, float]]] = {"mmp": [], "plain": []}
     for rep in range(reps):
-        say(f"loop: rep {rep + 1}/{reps}: million (mmp train with explain vs plain + pred_contribs)")
+        say(f"loop: rep {rep + 1}/{reps}: {item} (mmp train recipe={recipe} with explain vs plain + its SHAP)")
         mmp, plain = run_pair(
-            partial(measure_tree, mmp_cmd, project, env, "million_mmp"),
-            partial(measure_tree, plain_cmd, project, env, "million_plain"),
+            partial(measure_tree, mmp_cmd, project, env, f"{item}_mmp"),
+            partial(measure_tree, plain_cmd, project, env, f"{item}_plain"),
             rep % 2 == 1,
         )
         sides["mmp"].append(mmp)
@@ -249,8 +263,10 @@ def run_million(project: Path, scratch: Path, env: dict[str, str], reps: int) ->
     rss = summarise_pairs([m[1] for m in sides["mmp"]], [p[1] for p in sides["plain"]])
     return {
         "rows": MILLION_ROWS,
+        "recipe": recipe,
         "command": f"mmp train {' '.join(mmp_cmd[2:])}",
-        "baseline": "bench_loop.py --plain-explain CSV OUT (plain_xgboost.py + pred_contribs on 2,000 test rows)",
+        "baseline": f"bench_loop.py --plain-explain CSV OUT --library {library} (plain_{library}.py + its SHAP on "
+        f"{SHAP_ROWS:,} test rows)",
         "wall": {**wall, "target_ratio": MILLION_TARGETS["wall"], "pass": wall["ratio"] <= MILLION_TARGETS["wall"]},
         "rss": {**rss, "target_ratio": MILLION_TARGETS["rss"], "pass": rss["ratio"] <= MILLION_TARGETS["rss"]},
     }
@@ -343,7 +359,7 @@ def run(
                 quiet()
                 sweeps.append(run_sweep(project, env, rep))
                 say(f"loop:   {sweeps[-1]['per_job_overhead_s']:.2f} s per job besides the fit")
-        million = run_million(project, scratch, env, reps) if "million" in only else None
+        millions = {item: run_million(project, scratch, env, reps, item) for item in MILLION if item in only}
         reset_workspace(project, env)
     result: dict[str, Any] = {
         "benchmark": "loop",
@@ -379,8 +395,7 @@ def run(
             for recipe, s in explain.items()
         }
         result["target_explain_s"] = TARGET_EXPLAIN_S
-    if million:
-        result["million"] = million
+    result.update(millions)
     if sweeps:
         per_job = median([s["per_job_overhead_s"] for s in sweeps])
         result["sweep_job"] = {
@@ -438,14 +453,15 @@ def table(result: dict[str, Any]) -> list[list[str]]:
                 _verdict(figures["pass"]),
             ]
         )
-    if million := result.get("million"):
+    for million in (result[item] for item in MILLION if item in result):
         for key, unit, what in (("wall", "s", "wall"), ("rss", "MB", "peak RSS of the process tree")):
             figures = million[key]
+            recipe = million.get("recipe", "xgb-baseline")
             rows.append(
                 [
-                    f"`mmp train` with explain, {million['rows']:,} synthetic rows, {what}",
+                    f"`mmp train recipe={recipe}` with explain, {million['rows']:,} synthetic rows, {what}",
                     f"{figures['median_s']:.1f} {unit}",
-                    f"plain + pred_contribs {figures['baseline_median_s']:.1f} {unit}",
+                    f"plain + its SHAP {figures['baseline_median_s']:.1f} {unit}",
                     f"{figures['ratio']:.2f}x (median of {len(figures['ratios'])} pairs)",
                     f"<= {figures['target_ratio']}x",
                     _verdict(figures["pass"]),
@@ -505,14 +521,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         choices=(*ITEMS, *OPT_IN),
         default=list(ITEMS),
-        help="items to run (default all but million)",
+        help="items to run (default all but million and million_lgbm)",
     )
     parser.add_argument("--recipes", nargs="+", help="recipes of the explain item (default: every shipped one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch project")
     parser.add_argument("--plain-explain", nargs=2, type=Path, metavar=("CSV", "OUT"), help="(the million baseline)")
+    parser.add_argument("--library", choices=("xgboost", "lightgbm"), default="xgboost", help="(with --plain-explain)")
     args = parser.parse_args(argv)
     if args.plain_explain:
-        print(json.dumps(plain_explain(*args.plain_explain)))
+        print(json.dumps(plain_explain(*args.plain_explain, args.library)))
         return 0
     result = run(args.reps, args.only, args.recipes, args.keep)
     path = save_result("loop", result)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +83,11 @@ def scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     return {name: float(value) for name, value in result.items()}
 
 
-def run(data: Path, out: Path, target: str, id_columns: list[str]) -> dict[str, Any]:
-    """Do the whole job; return metrics and per-phase seconds."""
-    phases: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        phases[name] = round(now - clock, 3)
-        clock = now
-
+def read_split_encode(
+    data: Path, target: str, id_columns: list[str], lap: Callable[[str], None]
+) -> tuple[dict[str, pl.DataFrame], dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+    """Read the CSV, split it, encode the features: the splits, their float32 features and labels, and the
+    feature types ('q' or 'c'). Shared by the plain LightGBM script."""
     frame = pl.read_csv(data, infer_schema_length=10_000).filter(pl.col(target).is_not_null())
     lap("read_csv")
     assignment = stratified_split(frame[target].to_numpy(), SEED)
@@ -104,18 +98,43 @@ def run(data: Path, out: Path, target: str, id_columns: list[str]) -> dict[str, 
     x = {name: part.select(exprs).to_numpy().astype(np.float32, copy=False) for name, part in parts.items()}
     y = {name: part[target].to_numpy() for name, part in parts.items()}
     lap("encode")
+    return parts, x, y, types
+
+
+class Laps:
+    """Seconds per phase: each call closes the phase it names."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self._clock, 3)
+        self._clock = now
+
+
+def save(out: Path, parts: dict[str, pl.DataFrame], by_split: dict[str, dict[str, float]]) -> None:
+    """The splits and the metrics, as mmp's prepare and train stages write theirs."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        part.write_parquet(out / f"{name}.parquet")
+    (out / "metrics.json").write_text(json.dumps(by_split, indent=2) + "\n", encoding="utf-8")
+
+
+def run(data: Path, out: Path, target: str, id_columns: list[str]) -> dict[str, Any]:
+    """Do the whole job; return metrics and per-phase seconds."""
+    lap = Laps()
+    parts, x, y, types = read_split_encode(data, target, id_columns, lap)
     model = xgb.XGBClassifier(**PARAMS, enable_categorical=True, feature_types=types)
     model.fit(x["train"], y["train"], eval_set=[(x["valid"], y["valid"])], verbose=False)
     lap("fit")
     by_split = {name: scores(y[name], model.predict_proba(x[name])[:, 1]) for name in parts}
     lap("evaluate")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, part in parts.items():
-        part.write_parquet(out / f"{name}.parquet")
+    save(out, parts, by_split)
     model.save_model(out / "model.ubj")
-    (out / "metrics.json").write_text(json.dumps(by_split, indent=2) + "\n", encoding="utf-8")
     lap("save")
-    return {"metrics": by_split, "best_iteration": model.best_iteration, "phases": phases}
+    return {"metrics": by_split, "best_iteration": model.best_iteration, "phases": lap.phases}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
