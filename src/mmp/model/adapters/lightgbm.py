@@ -17,6 +17,7 @@ from mmp.model.adapters.base import (
     Adapter,
     Range,
     class_path,
+    curve_sample,
     invalid_params,
     load_class,
     split_bias,
@@ -66,10 +67,13 @@ class LightGBMAdapter(Adapter):
             callbacks.append(lightgbm.early_stopping(data.early_stopping_rounds, verbose=False))
         if on_iteration:
             callbacks.append(_reporter(on_iteration))
-        # LightGBM keeps the train set's score as it goes: no sample needed for the train curve.
+        # The train curve on a sample, as XGBoost's: LightGBM reuses its train set's scores only when the eval
+        # set is that very array, which eval_y's re-encoded labels never are for a classifier, and even then
+        # the loss over every train row each round costs 6 s in a 23 s fit on 700,000 rows.
+        sample = curve_sample(len(data.x_train))
         fit_kwargs: dict[str, Any] = {
-            "eval_X": (data.x_train, data.x_valid),
-            "eval_y": (data.y_train, data.y_valid),
+            "eval_X": (data.x_train[sample], data.x_valid),
+            "eval_y": (data.y_train[sample], data.y_valid),
             "eval_names": ["train", "valid"],
             "callbacks": callbacks,
         }
