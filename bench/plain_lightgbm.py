@@ -11,14 +11,12 @@ experiment tracking.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
-from plain_xgboost import SEED, Laps, read_split_encode, save, scores
+from plain_xgboost import SEED, Laps, command, read_split_encode, save, scores
 
 # recipes/lgbm-tuned.yaml
 PARAMS: dict[str, Any] = {
@@ -62,15 +60,7 @@ def run(data: Path, out: Path, target: str, id_columns: list[str]) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("data", type=Path, help="CSV file")
-    parser.add_argument("out", type=Path, help="output folder (splits, model, metrics)")
-    parser.add_argument("--target", default="target")
-    parser.add_argument("--id", dest="id_columns", action="append", default=None, help="id column (repeatable)")
-    args = parser.parse_args(argv)
-    result = run(args.data, args.out, args.target, args.id_columns if args.id_columns is not None else ["id"])
-    print(json.dumps(result))
-    return 0
+    return command(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -138,13 +138,18 @@ def run(data: Path, out: Path, target: str, id_columns: list[str]) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    return command(run, __doc__, argv)
+
+
+def command(job: Callable[[Path, Path, str, list[str]], dict[str, Any]], doc: str, argv: Sequence[str] | None) -> int:
+    """A plain script's command line: run ``job`` on DATA.csv into OUT_DIR, print its result as one JSON line."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("data", type=Path, help="CSV file")
     parser.add_argument("out", type=Path, help="output folder (splits, model, metrics)")
     parser.add_argument("--target", default="target")
     parser.add_argument("--id", dest="id_columns", action="append", default=None, help="id column (repeatable)")
     args = parser.parse_args(argv)
-    result = run(args.data, args.out, args.target, args.id_columns if args.id_columns is not None else ["id"])
+    result = job(args.data, args.out, args.target, args.id_columns if args.id_columns is not None else ["id"])
     print(json.dumps(result))
     return 0
 
