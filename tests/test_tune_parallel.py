@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Project
+from conftest import BIN, Project
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +108,56 @@ def test_a_failed_set_up_stops_the_waiting_workers(project: Project) -> None:
             if b"--join" in command and (proc / "cwd").resolve() == project.root.resolve():
                 workers.append(proc.name)
     assert workers == []
+
+
+def test_a_worker_killed_mid_trial_is_replaced_and_leaves_nothing_running(project: Project) -> None:
+    """``kill -9`` of a worker (or the OOM killer) while it runs a trial: the search fails that trial, names the
+    gone process, runs the budget in full without it, and no MLflow run is left RUNNING."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    search = subprocess.Popen(
+        [str(BIN / "mmp"), "tune", *FAST, "--n-trials", "6", "--workers", "2"],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = None
+    try:
+        deadline = time.monotonic() + 300
+        while killed is None and search.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            journals = list((project.root / "multirun").glob("tune-*/study.journal"))
+            if not journals:
+                continue
+            storage = JournalStorage(JournalFileBackend(str(journals[0])))
+            for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+                study = optuna.load_study(study_name=summary.study_name, storage=storage)
+                for trial in study.get_trials(deepcopy=False):
+                    pid = int(trial.user_attrs.get("mmp.worker", {}).get("mmp.owner.pid", search.pid))
+                    if trial.state.name != "RUNNING" or pid == search.pid:
+                        continue
+                    os.kill(pid, signal.SIGSTOP)  # the joined worker: killed only if the trial is still running
+                    if study.get_trials(deepcopy=False)[trial.number].state.name == "RUNNING":
+                        os.kill(pid, signal.SIGKILL)
+                        killed = trial.number
+                        break
+                    os.kill(pid, signal.SIGCONT)
+        out, err = search.communicate(timeout=300)
+    finally:
+        if search.poll() is None:
+            search.kill()
+    assert killed is not None, err[-3000:]
+    assert search.returncode == 0, err[-3000:]
+    assert f"trial {killed} was lost: the process" in err
+    assert "6 jobs, 0 failed" in out  # the budget, run in full by the search's own process
+    [parent] = project.runs("tune")
+    assert parent.info.status == "FINISHED"
+    study = optuna.load_study(study_name=parent.data.tags["mmp.sweep_id"], storage=storage)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[killed] == "FAIL" and "is gone" in study.trials[killed].user_attrs["mmp.lost"]
+    assert sum(state in ("COMPLETE", "PRUNED") for state in states.values()) == 6
+    assert [run.info.run_id for run in project.runs() if run.info.status == "RUNNING"] == []
+    assert (project.root / "recipes" / "lgbm-tuned-best.yaml").is_file()

@@ -68,7 +68,7 @@ def test_workers_on_demand_stop_at_the_budget_and_skip_a_surplus_trial() -> None
     study = optuna.create_study()
     study.enqueue_trial({})  # a recipe's first point, waiting: within the budget, so it is run first
     assert not _budget_taken(study, 1)
-    study.optimize(lambda trial: 0.5, n_trials=10, callbacks=[objective(3).stop_at_limit])
+    study.optimize(lambda trial: 0.5, n_trials=10, callbacks=[objective(3).after_trial])
     assert len(study.trials) == 3
     assert _budget_taken(study, 3)
 
@@ -80,3 +80,45 @@ def test_workers_on_demand_stop_at_the_budget_and_skip_a_surplus_trial() -> None
     assert study.trials[3].user_attrs[SURPLUS_ATTR] is True
     assert surplus.trials_run == 0
     assert 3 not in [job.job for job in study_jobs(study)[0]]
+
+
+def test_a_trial_whose_worker_is_gone_is_failed_and_takes_no_share_of_the_budget(tmp_path: Path) -> None:
+    """A worker killed mid-trial (``kill -9``, the OOM killer) leaves its trial RUNNING in the study. Another worker
+    of the same host fails it, names the gone process, and the budget is run in full without it."""
+    import json
+    import subprocess
+    import sys
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from mmp.experiments.tune import LOST_ATTR, WORKER_ATTR, _budget_taken, _fail_lost, _taken, study_jobs
+    from mmp.tracking.orphans import owner_tags
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.optimize(lambda trial: 0.5, n_trials=2)
+    tags = "import json; from mmp.tracking.orphans import owner_tags; print(json.dumps(owner_tags()))"
+    gone = subprocess.run(
+        [sys.executable, "-c", tags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lost = study.ask()  # trial 2, run by the process that has just exited
+    lost.set_user_attr(WORKER_ATTR, json.loads(gone.stdout))
+    alive = study.ask()  # trial 3, run by this process
+    alive.set_user_attr(WORKER_ATTR, owner_tags())
+    assert _budget_taken(study, 4)  # running trials count while their workers live
+
+    assert _fail_lost(study, storage) == [2]
+    assert _fail_lost(study, storage) == []  # once
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "RUNNING"]
+    assert "is gone" in trials[2].user_attrs[LOST_ATTR]
+    # The lost trial takes no share: the budget of 4 needs one more trial, and trial 4 is within it.
+    assert not _budget_taken(study, 4)
+    assert _taken(trials) == 3
+    jobs, _ = study_jobs(study)
+    assert 2 not in [job.job for job in jobs]  # left out of the summary, which the budget's trials fill

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from mmp.config import compose, dump_yaml, load_config, project_root, read_yaml,
 from mmp.errors import ConfigError, MmpError, Pruned
 from mmp.experiments import sweep as sweeps
 from mmp.redaction import redact
+from mmp.tracking import orphans
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,14 @@ JOB_ATTR = "mmp.job"  # a trial's user attribute: its sweep job record (status, 
 VALUES_ATTR = "mmp.values"  # a trial's user attribute: the suggested values by full config key
 # A trial's user attribute: asked for after the budget was taken (two workers asked at once), so never run.
 SURPLUS_ATTR = "mmp.surplus"
+WORKER_ATTR = "mmp.worker"  # a trial's user attribute: the process that runs it (host, pid, start time)
+# A trial's user attribute: why it was failed by another worker (its own was gone). A lost trial takes no
+# share of the budget: another worker runs one in its place.
+LOST_ATTR = "mmp.lost"
+# Workers on other machines are seen only through a database storage: each trial beats every this many
+# seconds, and a trial silent for twice as long is failed by the next worker to start a trial (Optuna's
+# heartbeat). A journal file has no heartbeat; workers on one host see each other's processes.
+HEARTBEAT_SECONDS = 30
 THREAD_PARAMS = ("n_jobs", "thread_count", "nthread", "num_threads")  # the libraries' thread-count params
 # Rounds between a trial's reports to a shared study: each report writes to the storage and each pruning check
 # reads the study back (every round: about 0.1 s a round on a journal file here, more than the round itself).
@@ -272,11 +282,17 @@ def run_tune(
                     threads,
                     shared=shared,
                     limit=trials if shared else None,
+                    storage=opened,
                 )
+                started = time.monotonic()
                 _optimize(study, objective, None if shared else trials, timeout)
             finally:
                 _wait_for(helpers)
                 helpers = []
+            left = None if timeout is None else timeout - (time.monotonic() - started)
+            if objective.fail_lost(study) and not objective.budget_taken(study) and (left is None or left > 0):
+                log.info("running here the trials that the lost worker did not finish")
+                _optimize(study, objective, None, left)
             jobs, values = study_jobs(study)
             summary = sweeps.finish(sweep, config, jobs)
             recipe_file = None
@@ -351,6 +367,7 @@ def join_tune(
         threads,
         shared=True,
         limit=limit,
+        storage=opened,
     )
     _optimize(study, objective, n_trials, timeout)
     return objective.trials_run
@@ -382,15 +399,53 @@ def _trial_modules(config: Any) -> list[str]:
 def _optimize(study: Any, objective: _Objective, n_trials: int | None, timeout: float | None) -> None:
     """Run trials: ``n_trials`` of them, or with ``objective.limit``, one at a time until the study has that many
     (whichever worker ran them), or until ``timeout``."""
-    callbacks = [objective.stop_at_limit] if objective.limit is not None else None
+    callbacks = [objective.after_trial] if objective.shared else None
     study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(_TrialFailed,), callbacks=callbacks)
 
 
 def _budget_taken(study: Any, limit: int) -> bool:
-    """Whether the study's next trial would be past ``limit``: trials are numbered in the order they are asked for,
-    across all workers, and an enqueued (waiting) trial is run before a new one is asked for."""
+    """Whether the study's next trial would be past ``limit``. An enqueued (waiting) trial is run before a new one
+    is asked for; surplus trials and lost ones (:data:`LOST_ATTR`) take no share of the budget."""
     trials = study.get_trials(deepcopy=False)
-    return len(trials) >= limit and not any(t.state.name == "WAITING" and t.number < limit for t in trials)
+    if any(t.state.name == "WAITING" and _taken(trials, t.number) < limit for t in trials):
+        return False
+    return _taken([t for t in trials if t.state.name != "WAITING"]) >= limit
+
+
+def _taken(trials: list[Any], below: int | None = None) -> int:
+    """How many of ``trials`` (numbered below ``below``) take a share of the budget: not a surplus trial, nor one
+    failed without its job record (its worker was gone before the trial ended)."""
+
+    def counts(trial: Any) -> bool:
+        if SURPLUS_ATTR in trial.user_attrs:
+            return False
+        return trial.state.name != "FAIL" or JOB_ATTR in trial.user_attrs
+
+    return sum(1 for t in trials if (below is None or t.number < below) and counts(t))
+
+
+def _fail_lost(study: Any, storage: Any) -> list[int]:
+    """Fail the running trials of this host whose worker process is gone (killed, or out of memory); their
+    numbers. Their MLflow runs are then ended by :func:`orphans.reap`."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    lost = []
+    study_id = None
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        why = orphans.owner_gone(trial.user_attrs.get(WORKER_ATTR, {}))
+        if why is None:
+            continue
+        study_id = study_id if study_id is not None else storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, LOST_ATTR, f"trial {trial.number} was lost: the {why}")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # it ended meanwhile
+        log.error("trial %d was lost: the %s; another worker runs one in its place", trial.number, why)
+        lost.append(trial.number)
+    return lost
 
 
 def _check_workers(workers: int, threads: int | None) -> None:
@@ -414,7 +469,11 @@ def open_storage(url: str) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat's
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_SECONDS
+            )
     except Exception as exc:  # SQLAlchemy and driver errors: one line, password masked
         message = redact(" ".join(str(exc).split()))[:300]
         raise ConfigError(
@@ -448,7 +507,7 @@ def _wait_for(workers: list[subprocess.Popen]) -> None:
     try:
         for worker in workers:
             if worker.wait() != 0:
-                log.error("tune worker %d exited %d; its trials so far are kept", worker.pid, worker.returncode)
+                log.error("tune worker %d exited %d; its finished trials are kept", worker.pid, worker.returncode)
     except BaseException:
         _stop(workers)
         raise
@@ -499,6 +558,10 @@ def study_jobs(study: Any) -> tuple[list[sweeps.JobResult], dict[int, dict[str, 
                 continue  # a recipe's first point, enqueued, or a trial asked for at once by two: the budget ended
             if trial.state.name == "RUNNING":
                 log.warning("trial %d is still running in another worker; it is left out of the summary", trial.number)
+                continue
+            if trial.state.name == "FAIL":  # its worker was gone before it ended: another trial took its share
+                why = trial.user_attrs.get(LOST_ATTR) or f"trial {trial.number} was lost: its worker stopped beating"
+                log.warning("%s; it is left out of the summary", why)
                 continue
             record = dataclasses.asdict(sweeps.JobResult(trial.number, [], "FAILED", error=f"trial {trial.state.name}"))
         jobs.append(sweeps.JobResult(**record))
@@ -573,27 +636,44 @@ class _Objective:
         *,
         shared: bool = False,
         limit: int | None = None,
+        storage: Any = None,
     ):
         self.root, self.overrides, self.space, self.sweep, self.direction = root, overrides, space, sweep, direction
+        self.shared, self.storage = shared, storage  # a shared study: other workers' lost trials are failed here
         self.limit = limit  # trials on demand: stop once the study has this many
         self.recipe = recipe  # the searched recipe; space.alternatives may offer others
         self.report_every = SHARED_REPORT_EVERY if shared else 1
         self.fixed = [*overrides, *_thread_overrides(root, overrides, threads)]
         self.trials_run = 0  # by this process (other workers add trials to the same study)
 
-    def stop_at_limit(self, study: Any, _trial: Any) -> None:
-        """After each trial: stop asking for more once the study has its budget (``limit``)."""
-        if self.limit is not None and _budget_taken(study, self.limit):
+    def after_trial(self, study: Any, _trial: Any) -> None:
+        """After each trial of a shared study: fail the trials of workers that are gone, so that their share of the
+        budget is run again; stop asking for more once the study has its budget (``limit``)."""
+        self.fail_lost(study)
+        if self.budget_taken(study):
             study.stop()
+
+    def fail_lost(self, study: Any) -> list[int]:
+        """Fail the running trials of gone workers on this host (:func:`_fail_lost`) and end their MLflow runs."""
+        lost = _fail_lost(study, self.storage) if self.shared and self.storage is not None else []
+        if lost:
+            import mlflow
+
+            orphans.reap(mlflow.MlflowClient().get_run(self.sweep.parent_run_id).info.experiment_id, again=True)
+        return lost
+
+    def budget_taken(self, study: Any) -> bool:
+        return self.limit is not None and _budget_taken(study, self.limit)
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
-        if self.limit is not None and trial.number >= self.limit:
+        if self.limit is not None and _taken(trial.study.get_trials(deepcopy=False), trial.number) >= self.limit:
             # Another worker asked for the budget's last trial at the same moment: this one is not run.
             trial.set_user_attr(SURPLUS_ATTR, True)
             trial.study.stop()
             raise optuna.TrialPruned(f"trial {trial.number} is past the search's {self.limit} trials")
+        trial.set_user_attr(WORKER_ATTR, orphans.owner_tags())
         self.trials_run += 1
         fixed, dimensions, prefix, chosen = self.fixed, self.space.dimensions, "", {}
         if self.space.alternatives:  # which recipe first; then that recipe's own dimensions

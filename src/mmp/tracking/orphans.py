@@ -84,13 +84,14 @@ def is_alive(pid: int, started: str = "") -> bool:
 _reaped: set[str] = set()  # "<store uri> <experiment id>" already looked at by this process
 
 
-def reap(experiment_id: str) -> list[str]:
+def reap(experiment_id: str, *, again: bool = False) -> list[str]:
     """End as KILLED the RUNNING runs of ``experiment_id`` owned by a gone process of this host (one search
-    per experiment and process); return their ids. Never fails: a best-effort tidy-up."""
+    per experiment and process, unless ``again``: a search that saw one of its workers die); return their ids.
+    Never fails: a best-effort tidy-up."""
     import mlflow
 
     key = f"{mlflow.get_tracking_uri()} {experiment_id}"
-    if key in _reaped:
+    if key in _reaped and not again:
         return []
     _reaped.add(key)
     try:
@@ -98,6 +99,21 @@ def reap(experiment_id: str) -> list[str]:
     except Exception:
         log.debug("looking for orphaned runs failed", exc_info=True)
         return []
+
+
+def owner_gone(tags: dict[str, str]) -> str | None:
+    """Why the process that ``tags`` (:func:`owner_tags`) name is gone, if it ran on this host and has ended;
+    None if it runs, or ran elsewhere (another host's processes cannot be seen from here)."""
+    host = socket.gethostname()
+    if tags.get(OWNER_HOST) != host or tags.get(OWNER_PIDNS, "") != _pid_namespace():
+        return None
+    try:
+        pid = int(tags.get(OWNER_PID, ""))
+    except ValueError:
+        return None
+    if is_alive(pid, tags.get(OWNER_STARTED, "")):
+        return None
+    return f"process {pid} on {host} that ran it is gone (killed, or out of memory)"
 
 
 def _reap(experiment_id: str) -> list[str]:
@@ -115,13 +131,9 @@ def _reap(experiment_id: str) -> list[str]:
     ended = []
     for run in runs:
         tags = run.data.tags
-        try:
-            pid = int(tags.get(OWNER_PID, ""))
-        except ValueError:
+        why = owner_gone(tags)
+        if why is None:
             continue
-        if is_alive(pid, tags.get(OWNER_STARTED, "")):
-            continue
-        why = f"process {pid} on {host} that ran it is gone (killed, or out of memory)"
         client.set_tag(run.info.run_id, ORPHANED, why)
         if ERROR not in tags:
             client.set_tag(run.info.run_id, ERROR, f"The run was left RUNNING: the {why}; marked KILLED")
