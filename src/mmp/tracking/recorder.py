@@ -31,7 +31,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -416,8 +415,6 @@ def _record_stage(
                         reply({"error": str(exc)})
                         continue
                     reply(info(run))
-                    if stage == "train":  # after the run is created, which the stage may be waiting for
-                        _warm_up_train(config)
                 elif op == "mirror":
                     mirror_fn = mirrors()[stage]
                     outputs = [Path(path) for path in command["outputs"]]
@@ -457,48 +454,6 @@ def _stopped(command: dict[str, Any]) -> Exception:
     if command["pruned"]:
         return Pruned(command["error"])
     return _StageStopped(command["error"], command["status"])
-
-
-WARM_UP_NICENESS = 10  # a nice-10 thread gets about a tenth of a core that normal threads keep busy
-
-
-_warming = False
-
-
-def _warm_up_train(config: Config) -> None:
-    """Start, once per recorder, a thread that loads what the train mirror needs besides MLflow (:func:`_warm_up`)."""
-    global _warming
-    if not _warming:
-        _warming = True
-        threading.Thread(target=_warm_up, args=(config,), name="warm-up", daemon=True).start()
-
-
-def _warm_up(config: Config) -> None:
-    """Load what the train mirror needs besides MLflow: the pyfunc flavour, MLflow's package map for
-    ``log_model`` (0.6 s), and the modules that loading the model imports, for the signature's example and
-    MLflow's check of the input example (scikit-learn's; XGBoost and LightGBM load through their C libraries).
-
-    The thread runs WARM_UP_NICENESS steps nicer than the recorder (Linux sets a thread's own nice
-    value), so during the fit it takes mostly a core's idle moments. Not SCHED_IDLE: an unprivileged
-    process cannot raise a thread back from it, and the mirror waits on the imports this thread holds.
-    With a second train stage fitting beside it (``dvc queue start -j 2``), an idle-class warm-up
-    stalled the first stage's mirror until the other fit ended (4.8-5.6 s); at nice +10, 1.2-2.8 s.
-    """
-    from mmp import preload
-    from mmp.model.registry import adapter_for, check_model_name
-
-    with contextlib.suppress(OSError, AttributeError):
-        thread = threading.get_native_id()
-        niceness = min(19, os.getpriority(os.PRIO_PROCESS, thread) + WARM_UP_NICENESS)
-        os.setpriority(os.PRIO_PROCESS, thread, niceness)
-    spec = check_model_name(config.recipe.model.name)
-    libraries = adapter_for(spec).load_modules(spec)
-    try:
-        for module in ("mlflow.pyfunc", "mlflow.models.signature", "mmp.model.pyfunc", *libraries):
-            importlib.import_module(module)
-        preload.mlflow_requirements_map()
-    except Exception:  # the mirror meets it again, and reports it
-        log.debug("warming up the train mirror failed", exc_info=True)
 
 
 def main(argv: list[str], mirrors: Callable[[], Mapping[str, MirrorFunction]]) -> None:
