@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmp.errors import ConfigError, ExplainError
+from mmp.errors import ConfigError, ExplainError, MmpError
 from mmp.model.spec import FitData, FitResult, ModelSpec, OnIteration
 from mmp.model.weighting import sample_weights
 
 if TYPE_CHECKING:
     from mmp.model.distributed import ClusterData
     from mmp.model.trained import TrainedModel
+
+# Modules whose types a saved scikit-learn model may hold beyond those skops trusts by default.
+TRUSTED_MODULES = ("sklearn.",)
 
 # Hyperparameters whose defaults are None in the libraries, so their type cannot be read off them.
 KNOWN_TYPES: dict[str, type] = {
@@ -260,8 +263,17 @@ class Adapter:
     def load(self, spec: ModelSpec, task: str, path: Path) -> Any:
         import skops.io
 
-        # The file is our own output; its types are the fitted estimator's.
-        return skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+        # skops refuses types it does not know to be safe. A fitted forest, boosted or neighbours model holds
+        # scikit-learn's own (trees, KD-trees, distance metrics): those are trusted, and nothing else is, so a
+        # tampered model file in a shared artifact store cannot run code where the model is served.
+        untrusted = skops.io.get_untrusted_types(file=path)
+        foreign = sorted(name for name in untrusted if not name.startswith(TRUSTED_MODULES))
+        if foreign:
+            raise MmpError(
+                f"The model file {path.name} holds types mmp does not load ({', '.join(foreign[:5])}): it was not "
+                "written by mmp's training; retrain the model with mmp train or dvc repro"
+            )
+        return skops.io.load(path, trusted=untrusted)
 
 
 def check_type(name: str, value: Any, default: Any) -> None:
