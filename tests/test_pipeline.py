@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -163,6 +164,24 @@ def test_predecessor_train_command(project: Project) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_roc_auc"] >= 0.80
     assert run.data.tags["mmp.recipe"] == "xgb-baseline"
+
+
+def test_train_metrics_on_a_seeded_sample_of_the_train_split(project: Project) -> None:
+    """Above recipe.metrics.train_sample_rows train rows, the train metrics are taken on a seeded sample of that
+    many (train_scored_rows says so); valid and test stay exact, and the same seed gives the same figures."""
+    sampled = [project.mmp("train", "recipe.metrics.train_sample_rows=300") for _ in range(2)]
+    exact = project.mmp("train", "recipe.metrics.train_sample_rows=null")
+    first, second, whole = (project.client().get_run(_run_id(result)).data.metrics for result in (*sampled, exact))
+    assert first["train_scored_rows"] == 300 and "train_scored_rows" not in whole
+    assert first["train_roc_auc"] == second["train_roc_auc"] != whole["train_roc_auc"]
+    assert first["test_roc_auc"] == whole["test_roc_auc"] >= 0.80
+    assert first["valid_roc_auc"] == whole["valid_roc_auc"]
+    bad = project.mmp("train", "recipe.metrics.train_sample_rows=0", check=False)
+    assert bad.returncode == 2 and "recipe.metrics.train_sample_rows must be a positive number" in bad.stderr
+
+
+def _run_id(result: Any) -> str:
+    return result.stdout.split("MLflow run id: ")[1].split()[0]
 
 
 def test_linear_and_forest_recipes(project: Project) -> None:

@@ -85,6 +85,9 @@ class PreprocessingConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     primary: str = "auto"
+    # The train split's metrics are taken on a seeded sample of this many rows when it is larger (null: every
+    # row): scoring 700,000 train rows took a third of a LightGBM fit's time. Valid and test are always exact.
+    train_sample_rows: int | None = 100_000
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,10 @@ def _check_values(config: Config) -> None:
         )
     if recipe.calibration_bins < 2:
         raise ConfigError(f"recipe.calibration_bins is {recipe.calibration_bins}; use at least 2 bins")
+    if recipe.metrics.train_sample_rows is not None and recipe.metrics.train_sample_rows < 1:
+        raise ConfigError(
+            "recipe.metrics.train_sample_rows must be a positive number of rows, or null to score every train row"
+        )
     if config.explain.sample_size < 1:
         raise ConfigError("explain.sample_size must be a positive number of rows")
     if not config.monitoring.drift_threshold > 0:

@@ -33,6 +33,14 @@ from mmp.pipeline.cv import CrossValidated, cross_validate
 log = logging.getLogger(__name__)
 
 
+def scored_rows(n: int, sample: int | None, seed: int) -> np.ndarray | None:
+    """The train rows whose scores give the train split's metrics: None (all of them) up to ``sample`` rows,
+    else a seeded sample of ``sample`` rows, in file order. Valid and test are always scored whole."""
+    if sample is None or n <= sample:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+
+
 def evaluate(task: str, y: np.ndarray, output: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """The task's metrics from true labels and a :class:`Prediction`'s output (probabilities or values)."""
     return regression_metrics(y, output) if task == "regression" else classification_metrics(y, output, threshold)
@@ -114,8 +122,13 @@ def run_train(
                 config.recipe, model, folded.oof, y_dev, folded.fold_of, folded.validated, x["test"], y["test"]
             )
         predictor = Predictor(preprocessor, model)
-        outputs = {name: predictor.predict_encoded(x[name]).output for name in data_lib.SPLITS}
-        by_split = {name: evaluate(task, y[name], outputs[name], model.threshold) for name in data_lib.SPLITS}
+        scored = scored_rows(len(y["train"]), config.recipe.metrics.train_sample_rows, config.seed)
+        x_eval = {**x, "train": x["train"][scored]} if scored is not None else x
+        y_eval = {**y, "train": y["train"][scored]} if scored is not None else y
+        outputs = {name: predictor.predict_encoded(x_eval[name]).output for name in data_lib.SPLITS}
+        by_split = {name: evaluate(task, y_eval[name], outputs[name], model.threshold) for name in data_lib.SPLITS}
+        if scored is not None:  # said beside the metrics it qualifies: train_scored_rows
+            by_split["train"]["scored_rows"] = float(scored.size)
         if folded is not None:  # the refit has seen valid: its honest scores are the out-of-fold ones
             oof = folded.oof[folded.validated]
             if model.calibrator is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmp.config import dump_yaml, load_config, parse_yaml, read_yaml
+from mmp.config import MetricsConfig, dump_yaml, load_config, parse_yaml, read_yaml
 from mmp.errors import ConfigError
 from mmp.files import safe_name, write_text_atomic
 from mmp.model.registry import MODELS, check_model_name, check_params
@@ -57,13 +57,17 @@ def build(root: Path, answers: Answers) -> dict[str, Any]:
     recipe = base_recipe(root, model)
     model_section = dict(recipe.get("model") or {})
     model_section["name"] = model
+    metrics = recipe.get("metrics") or {}
     model_section["params"] = {**(model_section.get("params") or {}), **answers.params}
     result: dict[str, Any] = {
         "name": answers.name or f"{model}-custom",
         "task": answers.task or "auto",
         "model": model_section,
         "preprocessing": {**(recipe.get("preprocessing") or {}), "categorical_encoding": answers.encoding or "auto"},
-        "metrics": {"primary": answers.primary or "auto"},
+        "metrics": {
+            "primary": answers.primary or "auto",
+            "train_sample_rows": metrics.get("train_sample_rows", MetricsConfig.train_sample_rows),
+        },
     }
     return result
 
