@@ -61,3 +61,50 @@ def test_submitit_jobs_make_the_same_runs_as_joblib(project: Project) -> None:
     folder = project.root / "multirun" / submitit_parent.data.tags["mmp.sweep_id"]
     assert list(folder.glob(".submitit/*/*_result.pkl"))
     assert len(project.runs("prepare")) == 1  # prepared once, reused by every job of both sweeps
+
+
+def test_a_joblib_worker_killed_mid_sweep_is_one_line_and_leaves_nothing_running(project: Project) -> None:
+    """``kill -9`` of a joblib worker (or the OOM killer) stops the sweep: one line naming what to fix, exit 2,
+    the parent run FAILED, and the runs of the jobs that died with the workers KILLED, not RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN
+
+    leaves = "recipe.model.params.num_leaves=" + ",".join(str(n) for n in range(8, 40, 4))  # 8 jobs
+    sweep = subprocess.Popen(
+        [str(BIN / "mmp"), "sweep", "recipe=lgbm-tuned", leaves, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = None
+    try:
+        deadline = time.monotonic() + 300
+        while killed is None and sweep.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if not list((project.root / "multirun").glob("sweep-*/0")):
+                continue  # no job yet: the sweep may still be creating the store, which a second opener races
+            for experiment in project.client().search_experiments():
+                for run in project.client().search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+                    owner = int(run.data.tags.get("mmp.owner.pid", sweep.pid))
+                    if owner != sweep.pid and "mmp.sweep_job" in run.data.tags:
+                        os.kill(owner, signal.SIGKILL)  # the joblib worker running this job
+                        killed = owner
+                        break
+                if killed:
+                    break
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert killed is not None, err[-3000:]
+    assert sweep.returncode == 2, out[-2000:] + err[-3000:]
+    *_, line = err.strip().splitlines()
+    assert line.startswith("mmp: error: Hydra stopped the sweep") and "process that died" in line
+    assert [run.info.status for run in project.runs("sweep")] == ["FAILED"]
+    assert [run.info.run_id for run in project.runs() if run.info.status == "RUNNING"] == []

@@ -94,7 +94,10 @@ def _launch(root: Path, overrides: Sequence[str], folder: Path, prog: str) -> No
         hydra.main(config_path=str(root / CONFIG_DIR), config_name=CONFIG_NAME, version_base="1.3")(hydra_job)()
     except SystemExit as exc:
         if exc.code:
-            raise MmpError("Hydra stopped the sweep (its message is above); fix the overrides") from None
+            raise MmpError(
+                "Hydra stopped the sweep (its message is above): fix what it names, an override or a job's "
+                f"process that died, then run the sweep again; finished jobs are in {folder}"
+            ) from None
     finally:
         sys.argv = saved
         _stop_joblib_workers()

@@ -28,6 +28,7 @@ from mmp.config import Config, from_dict
 from mmp.errors import MmpError, Pruned, TrackingError
 from mmp.evaluation.metrics import LOWER_IS_BETTER, flat_metrics, primary_metric
 from mmp.files import file_lock, read_json, write_json_atomic, write_text_atomic
+from mmp.tracking import orphans
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def start(config: Config, kind: str, folder: Path, command: str, metric: str | N
 
 @contextlib.contextmanager
 def parent_guard(sweep: Sweep) -> Iterator[None]:
-    """Never leave the parent run RUNNING: a sweep that stops early ends it FAILED (KILLED on Ctrl-C)."""
+    """Never leave a run RUNNING: a sweep that stops early ends its parent FAILED (KILLED on Ctrl-C), and the
+    runs of jobs whose worker process died with it (a killed joblib worker) KILLED."""
     try:
         yield
     except BaseException as exc:
@@ -127,9 +129,11 @@ def parent_guard(sweep: Sweep) -> Iterator[None]:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         with contextlib.suppress(Exception):
             client = mlflow.MlflowClient()
-            if client.get_run(sweep.parent_run_id).info.status == "RUNNING":
+            parent = client.get_run(sweep.parent_run_id)
+            if parent.info.status == "RUNNING":
                 client.set_tag(sweep.parent_run_id, f"{T}error", " ".join(str(exc).split())[:1000])
                 client.set_terminated(sweep.parent_run_id, status=status)
+            orphans.reap(parent.info.experiment_id, again=True)
         raise
 
 
