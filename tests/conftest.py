@@ -79,6 +79,17 @@ class Project:
     def mmp(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
         return self.run(str(BIN / "mmp"), *args, check=check, **env)
 
+    def start(self, *args: str, **env: str) -> subprocess.Popen:
+        """``args`` started in the project, in the background (a test acts on it while it runs), output captured."""
+        return subprocess.Popen(
+            list(args),
+            cwd=self.root,
+            env={**self.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def dvc(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
         return self.run(str(BIN / "dvc"), *args, check=check, **env)
 

@@ -68,19 +68,13 @@ def test_a_joblib_worker_killed_mid_sweep_is_one_line_and_leaves_nothing_running
     the parent run FAILED, and the runs of the jobs that died with the workers KILLED, not RUNNING."""
     import os
     import signal
-    import subprocess
     import time
 
     from conftest import BIN
 
     leaves = "recipe.model.params.num_leaves=" + ",".join(str(n) for n in range(8, 40, 4))  # 8 jobs
-    sweep = subprocess.Popen(
-        [str(BIN / "mmp"), "sweep", "recipe=lgbm-tuned", leaves, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-        cwd=project.root,
-        env=project.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    sweep = project.start(
+        str(BIN / "mmp"), "sweep", "recipe=lgbm-tuned", leaves, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
     )
     killed = None
     try:

@@ -304,15 +304,7 @@ def outage_at_the_mirror(
     """Run ``command`` in ``project`` with ``hooks`` (a folder holding a barrier's sitecustomize.py) on its
     PYTHONPATH; stop ``server`` with ``sig`` when a stage reaches its mirror, then let the stage go on. The
     server is started again (same store and port) before this returns the command's exit code and output."""
-    env = {**env, "PYTHONPATH": str(hooks), "MMP_TEST_BARRIER": str(hooks)}
-    process = subprocess.Popen(
-        command,
-        cwd=project.root,
-        env={**project.env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = project.start(*command, **env, PYTHONPATH=str(hooks), MMP_TEST_BARRIER=str(hooks))
     stopped = False
     try:
         deadline = time.monotonic() + 300

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -116,14 +115,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_leaves_nothing_running(projec
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    search = subprocess.Popen(
-        [str(BIN / "mmp"), "tune", *FAST, "--n-trials", "6", "--workers", "2"],
-        cwd=project.root,
-        env=project.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    search = project.start(str(BIN / "mmp"), "tune", *FAST, "--n-trials", "6", "--workers", "2")
     killed = None
     try:
         deadline = time.monotonic() + 300

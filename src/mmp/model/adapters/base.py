@@ -152,10 +152,6 @@ class Adapter:
 
     # ----------------------------------------------------------------- building
 
-    def load_modules(self, spec: ModelSpec) -> set[str]:
-        """The modules that loading a saved model imports (a recorder warms them up before it logs the model)."""
-        return set(spec.class_modules)
-
     def known_params(self, spec: ModelSpec, task: str) -> dict[str, Any]:
         """Parameter name -> default value, for the library class."""
         return dict(load_class(class_path(spec, task))().get_params())

@@ -141,9 +141,6 @@ class LightGBMAdapter(Adapter):
         _booster(estimator).save_model(folder / "model.txt")
         return "model.txt"
 
-    def load_modules(self, spec: ModelSpec) -> set[str]:
-        return set()  # lib_lightgbm's, see LoadedBooster
-
     def load(self, spec: ModelSpec, task: str, path: Path) -> Any:
         return LoadedBooster(path.read_text(encoding="utf-8"), task)
 

@@ -127,9 +127,6 @@ class XGBoostAdapter(Adapter):
         estimator.save_model(folder / "model.ubj")
         return "model.ubj"
 
-    def load_modules(self, spec: ModelSpec) -> set[str]:
-        return set()  # the C library's, see load
-
     def load(self, spec: ModelSpec, task: str, path: Path) -> Any:
         """The model through XGBoost's C library (no scikit-learn import); the package's estimator on demand."""
         return open_native(path, partial(_load_estimator, class_path(spec, task), path))
