@@ -104,8 +104,13 @@ def _launch(root: Path, overrides: Sequence[str], folder: Path, prog: str) -> No
 
 
 def _stop_joblib_workers() -> None:
-    """Stop joblib's worker processes now: idle, they live on for 5 minutes holding our stdout open."""
-    if "joblib" in sys.modules:
+    """Stop joblib's worker processes now: idle, they live on for 5 minutes holding our stdout open.
+
+    Only if a joblib launcher started them: asking loky for its executor when there is none starts one,
+    and its resource-tracker process, at the end of every in-process sweep.
+    """
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    if getattr(loky, "_executor", None) is not None:
         from joblib.externals.loky import get_reusable_executor
 
         get_reusable_executor().shutdown(wait=True)
