@@ -1,6 +1,6 @@
 """Run the benchmarks, print one markdown table and write bench/results/*.json.
 
-    .venv/bin/python bench/run_all.py                 # cli, dvc, pipeline, loop (10-13 min on 2 cores + loop)
+    .venv/bin/python bench/run_all.py                 # cli, dvc, pipeline, loop (about 25 min on 2 cores)
     .venv/bin/python bench/run_all.py --quick         # smoke run: 100,000 rows, fewer repetitions
     .venv/bin/python bench/run_all.py --only cli dvc  # a subset; `--only omp fit_eval` runs the two probes
     .venv/bin/python bench/run_all.py --only serving  # HTTP serving under wrk (about 5 min; needs wrk)
