@@ -121,6 +121,11 @@ class Project:
         return client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"])
 
 
+def printed_run_id(stdout: str) -> str:
+    """The run id on the "MLflow run id:" line that `mmp train` prints."""
+    return stdout.split("MLflow run id:")[1].split()[0]
+
+
 def make_project(dest: Path) -> Project:
     dest.mkdir(parents=True, exist_ok=True)
     for name in project_files():

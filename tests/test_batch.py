@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import Project, make_project
+from conftest import Project, make_project, printed_run_id
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     titanic = pl.read_csv(data / "titanic.csv").with_row_index("passenger_id", offset=1)
     titanic.write_csv(data / "titanic_ids.csv")
     run_ids = [
-        _train_run_id(project.mmp("train", *args).stdout)
+        printed_run_id(project.mmp("train", *args).stdout)
         for args in (
             [],
             ["data=diamonds", "-d", "data/diamonds_small.csv"],
@@ -50,10 +50,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     with (data / "bad_tail.csv").open("a") as handle:
         handle.write("9999,3rd,male,old,0,0\n")
     return Trained(project, run_id=run_ids[2], plain_run_id=run_ids[0], regression_run_id=run_ids[1])
-
-
-def _train_run_id(stdout: str) -> str:
-    return stdout.split("MLflow run id: ")[1].split()[0]
 
 
 def _batch(project: Project, *args: str, check: bool = True) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import BIN, REPO, Project, Server, free_port, http_get, make_project, wait_for_http
+from conftest import BIN, REPO, Project, Server, free_port, http_get, make_project, printed_run_id, wait_for_http
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 TEAM = ("postgres", "s3", "s3-bucket", "mlflow-team")  # profile team: the set-up of docs/mlflow.md, "Team tracking"
@@ -88,7 +88,7 @@ def on_loopback(argv: list[str], port: int) -> list[str]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, str]:
     project = make_project(tmp_path_factory.mktemp("compose") / "project")
     result = project.mmp("train")
-    return project, result.stdout.split("MLflow run id: ")[1].split()[0]
+    return project, printed_run_id(result.stdout)
 
 
 def run_service(project: Project, service: str, argv: list[str], ready_path: str) -> Server:

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import Project, make_project
+from conftest import Project, make_project, printed_run_id
 from mmp.evaluation import drift
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -111,7 +111,7 @@ def test_report_flags_a_scaled_column_only(titanic: pl.DataFrame, reference: dic
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, str]:
     project = make_project(tmp_path_factory.mktemp("drift") / "project")
-    run_id = project.mmp("train").stdout.split("MLflow run id: ")[1].split()[0]
+    run_id = printed_run_id(project.mmp("train").stdout)
     new = pl.read_csv(project.root / "data" / "titanic.csv").drop("survived")
     new.write_csv(project.root / "data" / "same.csv")
     new.with_columns(pl.col("age") * 3).write_parquet(project.root / "data" / "shifted.parquet")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, Project, clean_env
+from conftest import REPO, Project, clean_env, printed_run_id
 from mmp.files import staged_dir
 
 # --------------------------------------------------------------------------- staged_dir
@@ -170,7 +170,7 @@ def test_mmp_train_leaves_the_dvc_workspace_alone(repro_project: Project) -> Non
     for name in ("prepared/manifest.json", "models/model_info.json", "metrics.json", "explain/shap_importance.json"):
         assert (folder / name).is_file(), name
     assert list((folder / "plots").glob("*.png"))
-    run_id = result.stdout.split("MLflow run id: ")[1].split()[0]
+    run_id = printed_run_id(result.stdout)
     assert project.client().get_run(run_id).info.status == "FINISHED"
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_browser import browser  # noqa: F401  (the headless Chromium fixture)
 
-from conftest import REPO, Project, clean_env
+from conftest import REPO, Project, clean_env, printed_run_id
 from mmp.project import scaffold
 from mmp.project.data_config import profile, render
 
@@ -147,7 +147,7 @@ def test_dvc_repro_in_a_new_project(new_project: Project) -> None:
 def test_mmp_train_in_a_new_project(new_project: Project) -> None:
     result = new_project.mmp("train", "-d", "data/survey.csv", "data.target=y")
     assert "MLflow run id:" in result.stdout
-    run_id = result.stdout.split("MLflow run id:")[1].split()[0]
+    run_id = printed_run_id(result.stdout)
     run = new_project.client().get_run(run_id)
     assert run.data.metrics["test_roc_auc"] > 0.8
     assert new_project.dvc("status").stdout.strip().endswith("up to date.")  # mmp train left DVC's outputs

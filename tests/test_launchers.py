@@ -83,14 +83,11 @@ def test_a_joblib_worker_killed_mid_sweep_is_one_line_and_leaves_nothing_running
             time.sleep(0.1)
             if not list((project.root / "multirun").glob("sweep-*/0")):
                 continue  # no job yet: the sweep may still be creating the store, which a second opener races
-            for experiment in project.client().search_experiments():
-                for run in project.client().search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
-                    owner = int(run.data.tags.get("mmp.owner.pid", sweep.pid))
-                    if owner != sweep.pid and "mmp.sweep_job" in run.data.tags:
-                        os.kill(owner, signal.SIGKILL)  # the joblib worker running this job
-                        killed = owner
-                        break
-                if killed:
+            for run in project.runs():
+                owner = int(run.data.tags.get("mmp.owner.pid", sweep.pid))
+                if run.info.status == "RUNNING" and owner != sweep.pid and "mmp.sweep_job" in run.data.tags:
+                    os.kill(owner, signal.SIGKILL)  # the joblib worker running this job
+                    killed = owner
                     break
         out, err = sweep.communicate(timeout=300)
     finally:

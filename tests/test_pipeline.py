@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pandas as pd
 import pytest
 
-from conftest import BIN, Project
+from conftest import BIN, Project, printed_run_id
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +158,7 @@ def test_predecessor_train_command(project: Project) -> None:
     config = (project.root / "configs" / "dev.yaml").read_text()
     assert "sqlite:///mlflow.db" in config
     result = project.mmp("train", "-c", "configs/dev.yaml", "-r", "recipes/xgb-baseline.yaml", "-d", "data/train.csv")
-    run_id = result.stdout.split("MLflow run id: ")[1].split()[0]
+    run_id = printed_run_id(result.stdout)
     run = project.client().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_roc_auc"] >= 0.80
@@ -171,17 +170,15 @@ def test_train_metrics_on_a_seeded_sample_of_the_train_split(project: Project) -
     many (train_scored_rows says so); valid and test stay exact, and the same seed gives the same figures."""
     sampled = [project.mmp("train", "recipe.metrics.train_sample_rows=300") for _ in range(2)]
     exact = project.mmp("train", "recipe.metrics.train_sample_rows=null")
-    first, second, whole = (project.client().get_run(_run_id(result)).data.metrics for result in (*sampled, exact))
+    first, second, whole = (
+        project.client().get_run(printed_run_id(result.stdout)).data.metrics for result in (*sampled, exact)
+    )
     assert first["train_scored_rows"] == 300 and "train_scored_rows" not in whole
     assert first["train_roc_auc"] == second["train_roc_auc"] != whole["train_roc_auc"]
     assert first["test_roc_auc"] == whole["test_roc_auc"] >= 0.80
     assert first["valid_roc_auc"] == whole["valid_roc_auc"]
     bad = project.mmp("train", "recipe.metrics.train_sample_rows=0", check=False)
     assert bad.returncode == 2 and "recipe.metrics.train_sample_rows must be a positive number" in bad.stderr
-
-
-def _run_id(result: Any) -> str:
-    return result.stdout.split("MLflow run id: ")[1].split()[0]
 
 
 def test_linear_and_forest_recipes(project: Project) -> None:

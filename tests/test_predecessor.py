@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from headless_chromium import headless_chromium
 
-from conftest import BIN, Project, free_port, make_project, start_server, wait_for_http
+from conftest import BIN, Project, free_port, make_project, printed_run_id, start_server, wait_for_http
 from mmp.config.compose import tracking_settings
 from mmp.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, VIEW_TAG, ui_path
 
@@ -150,7 +150,7 @@ def test_the_predecessors_config_trains_and_lists_old_and_new_runs(old_project: 
     result = old_project.mmp(*TRAIN)
     notices = [line for line in result.stderr.splitlines() if "MMP 1.x's file store" in line]
     assert len(notices) == 1, result.stderr
-    run_id = result.stdout.split("MLflow run id: ")[1].split()[0]
+    run_id = printed_run_id(result.stdout)
     client = old_project.client()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND and VIEW_TAG in experiment.tags

@@ -23,7 +23,16 @@ from typing import Any
 
 import pytest
 
-from conftest import BIN, MLFLOW_ADMIN_PASSWORD, MlflowServer, Project, free_port, make_project, start_server
+from conftest import (
+    BIN,
+    MLFLOW_ADMIN_PASSWORD,
+    MlflowServer,
+    Project,
+    free_port,
+    make_project,
+    printed_run_id,
+    start_server,
+)
 from mmp.tracking.system_check import CHECKS
 
 pytestmark = pytest.mark.slow
@@ -97,7 +106,7 @@ def trained_team(root: Path, server: MlflowServer) -> Team:
     team = Team(remote_project(root, server), server, folders=[root])
     result = team.mmp("train", "-c", "configs/prod.yaml")
     assert result.returncode == 0, result.stderr
-    team.train_run_id = result.stdout.split("MLflow run id: ")[1].split()[0]
+    team.train_run_id = printed_run_id(result.stdout)
     return team
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import Project, make_project, start_server
+from conftest import Project, make_project, printed_run_id, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_threshold_and_calibration_on_every_route(tmp_path: Any) -> None:
 
     project: Project = make_project(tmp_path / "project")
     trained = project.mmp("train", "recipe.calibration=sigmoid", "recipe.threshold=auto")
-    run_id = trained.stdout.split("MLflow run id: ")[1].split()[0]
+    run_id = printed_run_id(trained.stdout)
     run = project.client().get_run(run_id)
     threshold = run.data.metrics["decision_threshold"]
     assert run.data.params["calibration_decision"].startswith("kept: valid Brier")  # sigmoid helps here (seed 42)
